@@ -1,0 +1,1 @@
+"""Export formats and the runtime backends that load them."""

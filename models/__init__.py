@@ -1,0 +1,1 @@
+"""Face-recognition networks, their registry and complexity accounting."""

@@ -1,0 +1,98 @@
+"""The `facepipe` command line. Thin: every command imports its heavy libraries when it runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from .errors import FacepipeError
+
+app = typer.Typer(help="facepipe: distil, quantize, export and benchmark face-recognition models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+ConfigOpt = typer.Option(Path("pipeline.yaml"), "--config", "-c", help="Pipeline config file.")
+SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set distill.lr=0.05 (repeatable).")
+
+
+def load(config: Path, overrides: Optional[list[str]]):
+    """Load the config for a command (defaults when the default pipeline.yaml is absent)."""
+    from .config import load_config
+
+    if config == Path("pipeline.yaml") and not config.exists():
+        return load_config(None, overrides or [])
+    return load_config(config, overrides or [])
+
+
+config_app = typer.Typer(help="Show or validate pipeline.yaml.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt):
+    """Print the resolved config (file + overrides + defaults) as YAML."""
+    from .config import dump_config
+
+    typer.echo(dump_config(load(config, set_)), nl=False)
+
+
+@config_app.command("validate")
+def config_validate(config: Path = typer.Argument(Path("pipeline.yaml"), help="Config file to check."),
+                    set_: Optional[list[str]] = SetOpt):
+    """Check a config file; exit 2 with the offending key when it is invalid."""
+    from .config import load_config
+
+    load_config(config, set_ or [])
+    typer.echo(f"{config}: ok")
+
+
+@app.command("env")
+def env_cmd(json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON.")):
+    """Versions, devices (CPU, CUDA, Jetson/Tegra) and which optional backends import."""
+    from .device import environment_report, print_environment
+
+    report = environment_report()
+    print_environment(report)
+    if json_out:
+        from .io import atomic_write_json
+
+        atomic_write_json(json_out, report)
+
+
+def _add_command_modules() -> None:
+    from .commands import data as data_cmds
+    from .commands import eval as eval_cmds
+    from .commands import run as run_cmds
+    from .commands import teacher as teacher_cmds
+
+    for mod in (run_cmds, data_cmds, teacher_cmds, eval_cmds):
+        mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    _add_command_modules()
+    try:
+        app(args=argv, standalone_mode=False)
+    except FacepipeError as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Typer sub-commands. Each module imports heavy libraries only inside its commands."""

@@ -1,0 +1,265 @@
+"""pipeline.yaml: pydantic models, loading, `--set a.b=c` overrides and precise error messages."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+DATA_ENV = "FACEPIPE_DATA"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = "default"
+    dir: Path = Path("runs")
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(default=None, ge=1)
+
+
+class DataConfig(Section):
+    root: Path | None = None  # None -> $FACEPIPE_DATA
+    train: str = "celeba-train"  # ImageFolder / identities.tsv folder or train.rec, relative to root
+    benchmarks: list[str] = ["lfw"]  # names under root (lfw, cfp_fp, agedb_30, ...) or .bin paths
+    on_error: Literal["fail", "skip"] = "fail"  # corrupt images / missing files: stop, or skip and count
+    batch_size: int = Field(default=64, ge=1)
+
+
+class PreprocessOverride(Section):
+    """Override a teacher's declared preprocessing (only when the artifact does not carry it)."""
+
+    color: Literal["RGB", "BGR"] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    size: int | None = None
+
+
+class TeacherConfig(Section):
+    source: str = "sface"  # packaged name (sface), a file/dir path, or hf:<org>/<repo>
+    kind: Literal["auto", "package", "checkpoint", "torchscript", "onnx", "hf", "insightface"] = "auto"
+    arch: str | None = None  # registered architecture for plain checkpoints (iresnet50, ...)
+    embedding_size: int = Field(default=128, ge=1)
+    flip: bool = False  # fuse embeddings of the face and its mirror image
+    cache: bool = True  # cache teacher embeddings of the training set
+    check: list[str] = ["lfw"]  # benchmarks the teacher stage scores
+    preprocess: PreprocessOverride | None = None
+
+
+class StudentConfig(Section):
+    arch: str = "mobilefacenet"
+    embedding_size: int = Field(default=128, ge=1)
+
+
+class LossTerm(Section):
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = {}
+
+
+class DistillConfig(Section):
+    student: StudentConfig = StudentConfig()
+    losses: list[LossTerm] = [LossTerm(name="adaface_geom")]
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    devices: int = Field(default=1, ge=1)
+
+
+class QuantizeConfig(Section):
+    enabled: bool = True
+    wbits: int = Field(default=8, ge=2, le=8)
+    abits: int = Field(default=8, ge=2, le=8)
+    mode: Literal["ptq", "qat"] = "qat"
+    data: Literal["real", "synthetic", "inversion"] = "synthetic"
+    steps: int = Field(default=1000, ge=0)
+
+
+class ExportConfig(Section):
+    formats: list[str] = ["onnx", "onnx_int8", "openvino"]
+    opset: int = Field(default=17, ge=17)
+    atol: float | None = None
+
+
+class BenchConfig(Section):
+    device: str = "cpu"
+    formats: list[str] = ["torch", "onnx", "onnx_int8", "openvino", "openvino_int8"]
+    benchmarks: list[str] = ["lfw"]
+    batch_sizes: list[int] = [1, 32]
+    warmup: int = Field(default=10, ge=0)
+    runs: int = Field(default=50, ge=1)
+    threads: int = Field(default=1, ge=1)
+    floors: dict[str, float] = {}
+
+
+class PipelineConfig(Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()
+
+    # Where the config file lives; relative paths (run.dir, data.root) resolve against it.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("base_dir")
+    @classmethod
+    def _abs(cls, v: Path) -> Path:
+        return v.resolve()
+
+    # --- resolved paths -------------------------------------------------------------------------
+    def run_dir(self) -> Path:
+        d = self.run.dir if self.run.dir.is_absolute() else self.base_dir / self.run.dir
+        return d / self.run.name
+
+    def data_root(self, required: bool = True) -> Path | None:
+        """The data root: data.root, else $FACEPIPE_DATA. Raises ConfigError when required and unset."""
+        root = self.data.root
+        if root is None and os.environ.get(DATA_ENV):
+            root = Path(os.environ[DATA_ENV])
+        if root is None:
+            if required:
+                raise ConfigError(f"data.root is not set and ${DATA_ENV} is empty: set one to the folder "
+                                  "holding lfw/, celeba-train/ ... (e.g. export FACEPIPE_DATA=../shared/data)")
+            return None
+        root = root if root.is_absolute() else self.base_dir / root
+        if required and not root.is_dir():
+            raise ConfigError(f"data root {root} (data.root / ${DATA_ENV}) is not a directory")
+        return root
+
+    def section(self, name: str) -> dict[str, Any]:
+        """JSON-able dump of one top-level section (what a stage's fingerprint covers)."""
+        return getattr(self, name).model_dump(mode="json")
+
+
+SECTIONS = [n for n in PipelineConfig.model_fields if n != "base_dir"]
+
+
+# --- loading and overrides ----------------------------------------------------------------------
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the model reached by following `loc` from PipelineConfig (for did-you-mean)."""
+    model: Any = PipelineConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+            inner = getattr(cand, "__args__", ())
+            sub = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+            if sub:
+                model = sub[0]
+                break
+        else:
+            return []
+    return [n for n in getattr(model, "model_fields", {}) if n != "base_dir"]
+
+
+def _format_error(err: dict, origin: str) -> str:
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        tip = f" (did you mean {'.'.join(map(str, loc[:-1] + (hint[0],)))!r}?)" if hint else \
+            (f" (known keys: {', '.join(known)})" if known else "")
+        return f"{origin}: unknown key {path!r}{tip}"
+    return f"{origin}: {path}: {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], yaml value of c)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set distill.lr=0.05")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({e.__class__.__name__})") from None
+    return parts, value
+
+
+def apply_override(tree: dict, parts: list[str], value: Any) -> None:
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {'.'.join(parts)}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def read_yaml(path: Path) -> dict:
+    """Parse a YAML mapping, with the file, line and column on syntax errors."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found (pass -c PATH)") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load pipeline.yaml (or defaults when path is None), apply overrides, validate."""
+    tree: dict = {}
+    origin = "defaults"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        tree = read_yaml(p)
+        origin = str(p)
+        base = p.resolve().parent
+    for ov in overrides:
+        parts, value = parse_override(ov)
+        apply_override(tree, parts, value)
+    if "base_dir" in tree:
+        raise ConfigError(f"{origin}: unknown key 'base_dir'")
+    try:
+        return PipelineConfig(**tree, base_dir=base)
+    except ValidationError as e:
+        lines = [_format_error(err, origin) for err in e.errors()]
+        raise ConfigError(lines[0] + (f" (+{len(lines) - 1} more: {'; '.join(lines[1:3])})" if len(lines) > 1 else "")) from None
+    except TypeError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Face data: readers, writers and alignment."""
