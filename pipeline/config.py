@@ -18,7 +18,8 @@ DATA_ENV = "FACEPIPE_DATA"
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # coerce_numbers_to_str: `--set run.name=2024` (YAML int) is a valid name
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class RunConfig(Section):
@@ -236,6 +237,16 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def _origin_of(loc: tuple, set_keys: list[tuple[tuple[str, ...], str]], origin: str) -> str:
+    """Blame the last --set whose key covers the error's location, else the file (or defaults)."""
+    loc = tuple(str(p) for p in loc)
+    for parts, text in reversed(set_keys):
+        n = min(len(parts), len(loc))
+        if parts[:n] == loc[:n]:
+            return f"--set {text}"
+    return origin
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Load pipeline.yaml (or defaults when path is None), apply overrides, validate."""
     tree: dict = {}
@@ -246,15 +257,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         tree = read_yaml(p)
         origin = str(p)
         base = p.resolve().parent
+    set_keys: list[tuple[tuple[str, ...], str]] = []
     for ov in overrides:
         parts, value = parse_override(ov)
         apply_override(tree, parts, value)
+        set_keys.append((tuple(parts), ov))
     if "base_dir" in tree:
         raise ConfigError(f"{origin}: unknown key 'base_dir'")
     try:
         return PipelineConfig(**tree, base_dir=base)
     except ValidationError as e:
-        lines = [_format_error(err, origin) for err in e.errors()]
+        lines = [_format_error(err, _origin_of(err["loc"], set_keys, origin)) for err in e.errors()]
         raise ConfigError(lines[0] + (f" (+{len(lines) - 1} more: {'; '.join(lines[1:3])})" if len(lines) > 1 else "")) from None
     except TypeError as e:
         raise ConfigError(f"{origin}: {e}") from None

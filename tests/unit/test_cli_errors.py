@@ -1,0 +1,81 @@
+"""The real `facepipe` console script: user errors exit 2 with exactly one line on stderr, no traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(sys.executable).with_name("facepipe")
+
+
+def facepipe(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = str(SCRIPT) if SCRIPT.exists() else shutil.which("facepipe")
+    assert exe, "the facepipe console script is not installed (pip install -e .)"
+    env = {**os.environ, "FACEPIPE_CACHE": str(cwd / ".cache"), "COLUMNS": "200"}
+    env.pop("FACEPIPE_DATA", None)
+    return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def assert_user_error(res: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert res.returncode == 2, f"exit {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}"
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{res.stderr}"
+    for f in fragments:
+        assert f in lines[0], f"{f!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.fixture
+def cwd(tmp_path) -> Path:
+    (tmp_path / "malformed.yaml").write_text("teacher:\n  flip: [true\n  cache: false\n")
+    (tmp_path / "wrongtype.yaml").write_text("teacher:\n  flip: maybe\n")
+    (tmp_path / "unknown.yaml").write_text("teacher:\n  embeding_size: 512\n")
+    return tmp_path
+
+
+def test_config_validate_malformed_yaml(cwd):
+    assert_user_error(facepipe(cwd, "config", "validate", "malformed.yaml"),
+                      "error: malformed.yaml:3:8: YAML syntax error")
+
+
+def test_run_malformed_yaml(cwd):
+    assert_user_error(facepipe(cwd, "run", "-c", "malformed.yaml"), "malformed.yaml:3:8: YAML syntax error")
+
+
+def test_status_wrong_type(cwd):
+    assert_user_error(facepipe(cwd, "status", "-c", "wrongtype.yaml"), "wrongtype.yaml: teacher.flip:",
+                      "'maybe'")
+
+
+def test_config_validate_unknown_key(cwd):
+    assert_user_error(facepipe(cwd, "config", "validate", "unknown.yaml"), "unknown key 'teacher.embeding_size'",
+                      "did you mean 'teacher.embedding_size'?")
+
+
+def test_run_missing_config(cwd):
+    assert_user_error(facepipe(cwd, "run", "--dry-run", "-c", "missing.yaml"), "config file missing.yaml not found")
+
+
+def test_bad_set_override(cwd):
+    assert_user_error(facepipe(cwd, "run", "--dry-run", "--set", "distill.lr=fast"),
+                      "--set distill.lr=fast: distill.lr:")
+
+
+def test_unknown_stage_name(cwd):
+    line = assert_user_error(facepipe(cwd, "run", "--dry-run", "--from", "distil"), "unknown stage")
+    assert "did you mean 'distill'?" in line
+
+
+def test_valid_config_passes(cwd):
+    (cwd / "ok.yaml").write_text("teacher:\n  flip: true\n")
+    res = facepipe(cwd, "config", "validate", "ok.yaml")
+    assert res.returncode == 0 and res.stdout.strip() == "ok.yaml: ok" and res.stderr == ""
+    res = facepipe(cwd, "status", "--json", "-c", "ok.yaml")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
