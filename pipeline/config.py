@@ -69,15 +69,60 @@ class LossTerm(Section):
     params: dict[str, Any] = {}
 
 
+class AugmentConfig(Section):
+    """Training augmentation. Only `flip` keeps the teacher embedding cache usable (with teacher.flip: true
+    the cache holds the mirrored faces' embeddings too); shift / color force online teacher embeddings."""
+
+    flip: bool = True  # random horizontal flip, p = 0.5
+    shift: int = Field(default=0, ge=0, le=32)  # random translation of up to N pixels (edge-replicated)
+    color: float = Field(default=0.0, ge=0, le=1)  # brightness and contrast factors drawn from [1 - c, 1 + c]
+
+
+class LaunchConfig(Section):
+    """Where the distill workers run (not part of any fingerprint). Multi-node: start `facepipe distill` on
+    every node with the same nnodes / rdzv_endpoint / rdzv_id and its own node_rank (see `facepipe distill --help`)."""
+
+    nnodes: int = Field(default=1, ge=1)
+    node_rank: int = Field(default=0, ge=0)
+    rdzv_endpoint: str | None = None  # host:port of the c10d rendezvous (node 0), required when nnodes > 1
+    rdzv_id: str = "facepipe"  # job id shared by all nodes of one run
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    timeout_min: float = Field(default=60.0, gt=0)  # collective timeout (rank 0 evaluates while others wait)
+
+
 class DistillConfig(Section):
     student: StudentConfig = StudentConfig()
     losses: list[LossTerm] = [LossTerm(name="adaface_geom")]
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(default=0.1, gt=0)
+    lr: float = Field(default=0.1, gt=0)  # peak learning rate (AdaDistill: 0.1 * batch_size / 512)
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # SGD momentum (AdamW: beta1 stays 0.9)
     weight_decay: float = Field(default=5e-4, ge=0)
-    batch_size: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=128, ge=1)  # global batch: split evenly over all devices
     epochs: int = Field(default=10, ge=1)
-    devices: int = Field(default=1, ge=1)
+    steps: int | None = Field(default=None, ge=1)  # total optimizer steps; overrides epochs when set
+    devices: int = Field(default=1, ge=1)  # worker processes per node (torchrun --nproc_per_node)
+    # learning-rate schedule, stepped every optimizer step; warmup ramps linearly from 0 to lr first
+    schedule: Literal["step", "poly", "cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    milestones: list[float] = [8, 14, 20, 25]  # schedule=step: epochs where lr is multiplied by gamma
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    power: float = Field(default=2.0, gt=0)  # schedule=poly: lr * (1 - progress) ** power
+    min_lr: float = Field(default=0.0, ge=0)  # floor of poly / cosine
+    clip_grad_norm: float | None = Field(default=5.0, gt=0)  # max global grad norm; null disables
+    amp: Literal["off", "bf16", "fp16"] = "bf16"  # mixed precision on CUDA only; the CPU always trains in fp32
+    teacher_mode: Literal["auto", "cache", "online"] = "auto"  # auto: the cache when augmentation allows it
+    augment: AugmentConfig = AugmentConfig()
+    num_workers: int = Field(default=2, ge=0)  # data-loading processes per device
+    eval_every: int = Field(default=0, ge=0)  # steps between evaluations on rank 0 (0: at the end only)
+    benchmarks: list[str] | None = None  # evaluation benchmarks; null: data.benchmarks
+    best_metric: str = "lfw_accuracy"  # <benchmark>_<accuracy|val|...>, higher is better; picks best.pt
+    save_every: int = Field(default=500, ge=0)  # steps between checkpoints (also at every epoch end); 0: epochs only
+    log_every: int = Field(default=10, ge=1)  # steps between CSV / TensorBoard rows
+    tensorboard: bool = True  # also log to runs/<run>/distill/tensorboard (needs the tensorboard package)
+    # Run control, excluded from dumps and fingerprints: what to do with an existing checkpoint
+    # (auto: resume a matching one, refuse a mismatched unfinished one; resume: require one; restart: discard).
+    resume: Literal["auto", "resume", "restart"] = Field(default="auto", exclude=True)
+    launch: LaunchConfig = Field(default=LaunchConfig(), exclude=True)
 
 
 class QuantizeConfig(Section):
@@ -143,9 +188,13 @@ class PipelineConfig(Section):
             raise ConfigError(f"data root {root} (data.root / ${DATA_ENV}) is not a directory")
         return root
 
-    def section(self, name: str) -> dict[str, Any]:
-        """JSON-able dump of one top-level section (what a stage's fingerprint covers)."""
-        return getattr(self, name).model_dump(mode="json")
+    def section(self, name: str) -> Any:
+        """JSON-able dump of a section or a dotted key such as "data.train" (what a fingerprint covers)."""
+        node: Any = self
+        for part in name.split("."):
+            node = getattr(node, part)
+        return node.model_dump(mode="json") if isinstance(node, BaseModel) else \
+            (str(node) if isinstance(node, Path) else node)
 
 
 SECTIONS = [n for n in PipelineConfig.model_fields if n != "base_dir"]

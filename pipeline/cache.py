@@ -1,0 +1,213 @@
+"""Teacher embedding cache: the teacher's embeddings of a training set, computed once, memory-mapped after.
+
+Layout under cache_dir, for key K = cache_key(teacher, faces, flip):
+  K.npy        float32 (N, D) embeddings of the faces
+  K.flip.npy   float32 (N, D) embeddings of the mirrored faces (flip=True only)
+  K.json       sidecar {format, key, teacher, data, preprocess, n, dim, flip, skipped, complete, ...}, written last
+Arrays are filled under temporary names and renamed when complete; the sidecar is the commit marker, so
+a killed build is never reused, and a changed teacher file, preprocessing, data listing or flip gives a
+different key. Faces the source skips (image(i) is None under data.on_error=skip) get NaN rows and are
+listed in `skipped`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .errors import DataError, ModelError
+from .io import atomic_write_json, sha256_json
+
+CACHE_FORMAT = 1
+
+
+class FaceSourceLike(Protocol):
+    """What the cache needs from a face source (facepipe.pipeline.data.imagefolder.FaceSource)."""
+
+    def __len__(self) -> int: ...
+
+    def image(self, i: int) -> np.ndarray | None: ...
+
+    def listing_hash(self) -> str: ...
+
+
+def cache_key(teacher, faces: FaceSourceLike, flip: bool) -> str:
+    """sha256 of the teacher fingerprint (file hashes, kind, arch, preprocessing), the data listing hash
+    and the flip flag. `teacher` is a TeacherSource (or anything with fingerprint())."""
+    return sha256_json({"format": CACHE_FORMAT, "teacher": teacher.fingerprint(),
+                        "data": faces.listing_hash(), "flip": bool(flip)})
+
+
+def _paths(cache_dir: Path, key: str) -> tuple[Path, Path, Path]:
+    return cache_dir / f"{key}.npy", cache_dir / f"{key}.flip.npy", cache_dir / f"{key}.json"
+
+
+@dataclass
+class TeacherCache:
+    """An opened, complete cache: `.embeddings` (N, D) memmap, `.flipped` (N, D) memmap or None, `.meta`."""
+
+    key: str
+    path: Path
+    embeddings: np.ndarray
+    flipped: np.ndarray | None
+    meta: dict
+
+    @property
+    def n(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def skipped(self) -> np.ndarray:
+        """Indices of faces the source could not read (their rows are NaN)."""
+        return np.asarray(self.meta.get("skipped", []), dtype=np.int64)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Boolean (N,) mask of rows holding real embeddings."""
+        mask = np.ones(self.n, bool)
+        mask[self.skipped] = False
+        return mask
+
+    @classmethod
+    def open(cls, cache_dir: str | os.PathLike, key: str) -> "TeacherCache | None":
+        """The cache for `key`, or None when absent or stale (other key, incomplete, wrong shape/dtype)."""
+        emb_path, flip_path, meta_path = _paths(Path(cache_dir), key)
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("key") != key \
+                or meta.get("complete") is not True or not isinstance(meta.get("skipped", []), list):
+            return None
+        n, dim, flip = meta.get("n"), meta.get("dim"), meta.get("flip")
+        emb = _open_array(emb_path, n, dim)
+        if emb is None:
+            return None
+        flipped = None
+        if flip:
+            flipped = _open_array(flip_path, n, dim)
+            if flipped is None:
+                return None
+        return cls(key, emb_path, emb, flipped, meta)
+
+    @classmethod
+    def build(cls, embedder, source: FaceSourceLike, cache_dir: str | os.PathLike, key: str, flip: bool = False,
+              batch_size: int = 64, show_progress: bool = True) -> "TeacherCache":
+        """Embed every face of `source` with `embedder` (and its mirror when flip) into a new cache."""
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        emb_path, flip_path, meta_path = _paths(cache_dir, key)
+        meta_path.unlink(missing_ok=True)  # whatever was there is no longer vouched for
+        for stale in cache_dir.glob(f".{key}.*.partial"):  # left by a killed build
+            stale.unlink(missing_ok=True)
+        n, dim = len(source), embedder.dim
+        if n == 0:
+            raise DataError("the face source is empty: nothing to cache")
+        tmp = {p: p.with_name(f".{p.name}.{os.getpid()}.partial") for p in (emb_path, flip_path)}
+        targets = [emb_path] + ([flip_path] if flip else [])
+        t0 = time.perf_counter()
+        try:
+            arrays = [np.lib.format.open_memmap(tmp[p], mode="w+", dtype=np.float32, shape=(n, dim))
+                      for p in targets]
+            skipped = _fill(embedder, source, arrays, batch_size, show_progress, key)
+            for a in arrays:
+                a.flush()
+            del arrays
+            for p in targets:
+                os.replace(tmp[p], p)
+            if not flip:
+                flip_path.unlink(missing_ok=True)
+        finally:
+            for t in tmp.values():
+                t.unlink(missing_ok=True)
+        seconds = time.perf_counter() - t0
+        atomic_write_json(meta_path, {
+            "format": CACHE_FORMAT, "key": key, "teacher": _teacher_info(embedder),
+            "data": source.listing_hash(), "preprocess": embedder.preprocess.to_dict(),
+            "n": n, "dim": dim, "flip": bool(flip), "dtype": "float32", "skipped": skipped,
+            "files": {"embeddings": emb_path.name, "flipped": flip_path.name if flip else None},
+            "seconds": round(seconds, 3), "img_per_s": round(n * len(targets) / max(seconds, 1e-9), 2),
+            "complete": True})
+        opened = cls.open(cache_dir, key)
+        if opened is None:  # pragma: no cover - would mean the files vanished under us
+            raise DataError(f"teacher cache {meta_path} could not be reopened after writing")
+        return opened
+
+
+def _teacher_info(embedder) -> dict:
+    d = {"name": embedder.name, "runtime": embedder.runtime, "dim": embedder.dim,
+         "normalized": embedder.normalized}
+    fp = getattr(embedder, "fingerprint", None)
+    if isinstance(fp, str):
+        d["fingerprint"] = fp
+    return d
+
+
+def _open_array(path: Path, n, dim) -> np.ndarray | None:
+    if not isinstance(n, int) or not isinstance(dim, int):
+        return None
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if arr.dtype != np.float32 or arr.shape != (n, dim):
+        return None
+    return arr
+
+
+def _fill(embedder, source: FaceSourceLike, arrays: list[np.ndarray], batch_size: int, show_progress: bool,
+          key: str) -> list[int]:
+    """Embed the source batch by batch into `arrays` (faces, then mirrored faces); returns skipped indices."""
+    from .progress import progress
+
+    n, skipped = len(source), []
+    with progress("img", disable=None if show_progress else True) as bar:
+        task = bar.add_task(f"teacher {embedder.name} -> cache {key[:10]}", total=n * len(arrays))
+        for start in range(0, n, batch_size):
+            idx = range(start, min(n, start + batch_size))
+            images = [source.image(i) for i in idx]
+            ok = [j for j, img in enumerate(images) if img is not None]
+            skipped += [start + j for j, img in enumerate(images) if img is None]
+            faces = np.stack([images[j] for j in ok]) if ok else None
+            for a, mirror in zip(arrays, (False, True)):
+                block = np.full((len(idx), a.shape[1]), np.nan, np.float32)
+                if faces is not None:
+                    x = np.ascontiguousarray(faces[:, :, ::-1]) if mirror else faces
+                    block[ok] = embedder.embed(x, batch_size=batch_size)
+                a[start:idx.stop] = block
+                bar.advance(task, len(idx))
+    return skipped
+
+
+def open_or_build(teacher_source, faces: FaceSourceLike, cache_dir: str | os.PathLike, flip: bool = False,
+                  batch_size: int = 64, embedder=None, rebuild: bool = False, show_progress: bool = True,
+                  device: str = "cpu", threads: int | None = None) -> tuple[TeacherCache, bool]:
+    """(cache, reused): a fresh cache for this teacher and data, built when missing or stale with `embedder`
+    (or the teacher loaded on `device` only then). The teacher's output size is checked against
+    teacher.embedding_size either way (ModelError).
+    """
+    from .teachers import check_teacher_dim
+
+    cfg = teacher_source.cfg
+    key = cache_key(teacher_source, faces, flip)
+    found = None if rebuild else TeacherCache.open(cache_dir, key)
+    if found is not None:
+        if found.dim != cfg.embedding_size:
+            raise ModelError(f"teacher {teacher_source.name} gives {found.dim}-d embeddings (cached in "
+                             f"{found.path}) but teacher.embedding_size is {cfg.embedding_size}")
+        return found, True
+    if embedder is None:
+        embedder = teacher_source.load(device=device, threads=threads)
+    check_teacher_dim(embedder, cfg)
+    return TeacherCache.build(embedder, faces, cache_dir, key, flip=flip, batch_size=batch_size,
+                              show_progress=show_progress), False

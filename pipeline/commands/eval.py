@@ -1,0 +1,71 @@
+"""`facepipe eval`: accuracy of any model (a teacher name or a model file) on the face benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import ConfigOpt, SetOpt, load
+from ..errors import ConfigError
+
+KINDS = ("auto", "package", "checkpoint", "torchscript", "onnx", "hf", "insightface")
+
+
+def eval_command(
+    model: str = typer.Option(..., "--model", "-m", help="Teacher name (sface), model file (.onnx/.pt/.ts), "
+                              "model-pack folder or hf:<org>/<repo>."),
+    benchmarks: Optional[str] = typer.Option(None, "--benchmarks", "-b", help="Comma-separated names under the "
+                                             "data root (lfw, cfp_fp, agedb_30, calfw, cplfw, ijbb, ijbc) or "
+                                             ".bin / folder paths. Default: data.benchmarks."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
+    kind: str = typer.Option("auto", "--kind", help=f"Model kind: {', '.join(KINDS)}."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture of a plain state-dict checkpoint."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Fuse each face with its mirror "
+                                        "(default: teacher.flip)."),
+    metric: str = typer.Option("euclidean", "--metric", help="euclidean (insightface) or cosine."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached embeddings of the benchmark."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write ROC curves to this PNG."),
+    config: Path = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Evaluate a model on face-verification benchmarks (10-fold accuracy, VAL@FAR, TAR@FAR)."""
+    from rich.console import Console
+
+    from ..assets import cache_dir as assets_cache
+    from ..evaluation import evaluate_model, results_table, roc_curves
+    from ..io import atomic_write_json
+    from ..teachers import resolve_teacher
+
+    if kind not in KINDS:
+        raise ConfigError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if metric not in ("euclidean", "cosine"):
+        raise ConfigError(f"--metric {metric!r}: choose euclidean or cosine")
+    cfg = load(config, set_)
+    tcfg = cfg.teacher.model_copy(update={"source": model, "kind": kind, "arch": arch or cfg.teacher.arch})
+    source = resolve_teacher(tcfg, cfg.base_dir)
+    embedder = source.load()
+    specs = [s.strip() for s in benchmarks.split(",") if s.strip()] if benchmarks else list(cfg.data.benchmarks)
+    if not specs:
+        raise ConfigError("no benchmarks: pass --benchmarks lfw[,...] or set data.benchmarks")
+    use_flip = cfg.teacher.flip if flip is None else flip
+    results = evaluate_model(source, embedder, specs, cfg.data_root(required=False), flip=use_flip,
+                             batch_size=batch_size or cfg.data.batch_size, on_error=cfg.data.on_error,
+                             metric=metric, cache_dir=assets_cache().parent / "embeddings" if cache else None)
+    Console().print(results_table(results, title=f"{embedder.name} ({embedder.runtime}, flip={use_flip})"))
+    if json_out:
+        atomic_write_json(json_out, {"model": source.describe(), "runtime": embedder.runtime, "flip": use_flip,
+                                     "metric": metric,
+                                     "benchmarks": {r.summary["name"]: r.summary for r in results}})
+        typer.echo(f"wrote {json_out}")
+    if plot:
+        from ..plots import plot_roc
+
+        plot_roc(roc_curves(results, embedder.name), plot, title=f"ROC: {embedder.name}")
+        typer.echo(f"wrote {plot}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

@@ -1,0 +1,88 @@
+"""Teacher stage: resolve and freeze the teacher, score it on the check benchmarks, cache its embeddings
+of the training set for distillation.
+
+Outputs (runs/<run>/teacher/): teacher.json (what the teacher is: files, hashes, preprocessing, dim),
+metrics.json (per benchmark), roc.png, and the embedding cache (cache/<key>.npy + .json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from facepipe.pipeline.config import PipelineConfig
+from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
+
+CODE = ("facepipe.pipeline.teachers", "facepipe.pipeline.embedder", "facepipe.pipeline.cache",
+        "facepipe.pipeline.evaluation", "facepipe.pipeline.benchmarks", "facepipe.pipeline.metrics",
+        "facepipe.pipeline.data.lfw", "facepipe.pipeline.data.binfile", "facepipe.pipeline.data.align",
+        "facepipe.pipeline.data.imagefolder", "facepipe.pipeline.data.images")
+
+
+def _train_path(cfg: PipelineConfig) -> Path:
+    p = Path(cfg.data.train)
+    return p if p.is_absolute() else cfg.data_root() / p
+
+
+def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
+    """Teacher files, the check benchmarks' files and (when caching) the training set."""
+    from facepipe.pipeline.benchmarks import resolve_benchmark
+    from facepipe.pipeline.evaluation import benchmark_inputs
+    from facepipe.pipeline.teachers import resolve_teacher
+
+    source = resolve_teacher(cfg.teacher, cfg.base_dir)
+    inputs = {f"teacher.{p.name}": p for p in source.files}
+    root = cfg.data_root(required=bool(cfg.teacher.check) or cfg.teacher.cache)
+    for spec in cfg.teacher.check:
+        inputs.update({f"bench.{k}": v for k, v in benchmark_inputs(resolve_benchmark(spec, root)).items()})
+    if cfg.teacher.cache:
+        inputs["data.train"] = _train_path(cfg)
+    return inputs
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Load the teacher, check its embedding size, score it, and cache its training-set embeddings."""
+    from rich.console import Console
+
+    from facepipe.pipeline.cache import open_or_build
+    from facepipe.pipeline.evaluation import evaluate_model, results_table, roc_curves
+    from facepipe.pipeline.io import atomic_write_json
+    from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
+
+    cfg = ctx.config
+    source = resolve_teacher(cfg.teacher, cfg.base_dir)
+    embedder = source.load()
+    check_teacher_dim(embedder, cfg.teacher)
+    outputs: dict[str, Path] = {}
+    card = {**source.describe(), "embedder": embedder.describe()}
+    outputs["card"] = atomic_write_json(ctx.output_path("teacher.json"), card)
+
+    metrics: dict = {"embedding_size": embedder.dim}
+    if cfg.teacher.check:
+        results = evaluate_model(source, embedder, cfg.teacher.check, cfg.data_root(), flip=cfg.teacher.flip,
+                                 batch_size=cfg.data.batch_size, on_error=cfg.data.on_error,
+                                 cache_dir=ctx.output_path("cache"))
+        Console(stderr=True).print(results_table(results, title=f"teacher {embedder.name}"))
+        summaries = {r.summary["name"]: r.summary for r in results}
+        outputs["metrics"] = atomic_write_json(ctx.output_path("metrics.json"), summaries)
+        from facepipe.pipeline.plots import plot_roc
+
+        outputs["roc"] = plot_roc(roc_curves(results, embedder.name), ctx.output_path("roc.png"),
+                                  title=f"teacher {embedder.name}")
+        for name, s in summaries.items():
+            metrics[f"{name}_accuracy"] = s["accuracy"]
+
+    if cfg.teacher.cache:
+        from facepipe.pipeline.data.imagefolder import open_face_source
+
+        faces = open_face_source(_train_path(cfg), on_error=cfg.data.on_error)
+        cache, reused = open_or_build(source, faces, ctx.output_path("cache"), flip=cfg.teacher.flip,
+                                      batch_size=cfg.data.batch_size, embedder=embedder)
+        outputs["cache"] = cache.path
+        outputs["cache_meta"] = cache.path.with_suffix(".json")
+        metrics.update(train_images=cache.n, cache_reused=reused)
+    return StageResult(outputs=outputs, metrics=metrics)
+
+
+SPEC = register_stage(StageSpec(
+    name="teacher", run=run, sections=("teacher", "data.train", "data.on_error", "data.root"),
+    external_inputs=external_inputs, code=CODE))
