@@ -39,3 +39,5 @@ class LabelledFaces:
     labels: np.ndarray
     num_classes: int
     class_names: list[str] = field(default_factory=list)
+    source: str = ""  # the folder or .rec the items belong to (folder items are paths relative to it)
+    skipped: int = 0  # listed images left out because they are missing (data.on_error=skip)

@@ -1,0 +1,223 @@
+"""LFW: pairs.txt, landmarks.tsv and the aligned verification set."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..progress import console, progress
+from .images import SKIP_HINT, check_on_error, read_image_rgb
+from .types import VerificationSet
+
+
+@dataclass(frozen=True)
+class LfwPair:
+    """One line of pairs.txt: two images (person name, 1-based image number), same person or not, fold."""
+
+    name_a: str
+    num_a: int
+    name_b: str
+    num_b: int
+    issame: bool
+    fold: int
+    line: int  # 1-based line number in pairs.txt
+
+
+def _int_field(value: str, where: str, what: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise DataError(f"{where}: {what} {value!r} is not an integer") from None
+    if n < 1:
+        raise DataError(f"{where}: {what} {n} must be >= 1")
+    return n
+
+
+def read_pairs(path: str | os.PathLike) -> list[LfwPair]:
+    """Parse an LFW pairs file: header "folds<TAB>n" (or just "n" for one fold), then per fold n matched
+    lines "Name i j" and n mismatched lines "NameA i NameB j"."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: pairs file not found; check the LFW root and the pairs file name") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read pairs file ({e})") from None
+    name = path.name
+    if not lines or not lines[0].strip():
+        raise DataError(f"{name} line 1: empty header; expected 'folds<TAB>pairs_per_half', e.g. '10<TAB>300'")
+    head = lines[0].split()
+    if len(head) not in (1, 2):
+        raise DataError(f"{name} line 1: header {lines[0]!r} should be 'folds<TAB>pairs_per_half' or 'pairs'")
+    nums = [_int_field(h, f"{name} line 1", "header value") for h in head]
+    folds, per_half = (1, nums[0]) if len(nums) == 1 else (nums[0], nums[1])
+    body = [(i + 2, ln) for i, ln in enumerate(lines[1:]) if ln.strip()]
+    if len(body) != folds * 2 * per_half:
+        raise DataError(f"{name}: header promises {folds} folds x 2 x {per_half} = {folds * 2 * per_half} pairs "
+                        f"but the file has {len(body)} pair lines; is it truncated?")
+    pairs = []
+    for k, (lineno, ln) in enumerate(body):
+        f = ln.split()
+        where = f"{name} line {lineno}"
+        if len(f) == 3:
+            a, b = _int_field(f[1], where, "image number"), _int_field(f[2], where, "image number")
+            pairs.append(LfwPair(f[0], a, f[0], b, True, k // (2 * per_half), lineno))
+        elif len(f) == 4:
+            a, b = _int_field(f[1], where, "image number"), _int_field(f[3], where, "image number")
+            pairs.append(LfwPair(f[0], a, f[2], b, False, k // (2 * per_half), lineno))
+        else:
+            raise DataError(f"{where}: expected 'Name<TAB>i<TAB>j' or 'NameA<TAB>i<TAB>NameB<TAB>j', "
+                            f"got {len(f)} fields: {ln.strip()!r}")
+    return pairs
+
+
+def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Parse landmarks.tsv ("relpath<TAB>x1 y1 ... x5 y5<TAB>score"): relpath -> float32 (5, 2).
+
+    Lines whose landmarks are '-' (no detection) are left out of the mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: landmarks file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read landmarks file ({e})") from None
+    out: dict[str, np.ndarray] = {}
+    for lineno, ln in enumerate(text.splitlines(), 1):
+        if not ln.strip() or ln.startswith("#"):
+            continue
+        f = ln.rstrip("\n").split("\t")
+        where = f"{path.name} line {lineno}"
+        if len(f) < 2:
+            raise DataError(f"{where}: expected 'path<TAB>x1 y1 ... x5 y5<TAB>score', got {ln.strip()!r}")
+        if f[1].strip() == "-":
+            continue
+        try:
+            lm = np.array([float(v) for v in f[1].split()], dtype=np.float32)
+        except ValueError:
+            raise DataError(f"{where}: landmarks {f[1]!r} are not numbers") from None
+        if lm.size != 10 or not np.isfinite(lm).all():
+            raise DataError(f"{where}: expected 10 finite coordinates, got {f[1]!r}")
+        out[f[0]] = lm.reshape(5, 2)
+    return out
+
+
+def lfw_image_dir(root: str | os.PathLike) -> Path:
+    """The folder holding <Name>/<Name>_NNNN.jpg: root/images when present (this workplace), else root."""
+    root = Path(root)
+    return root / "images" if (root / "images").is_dir() else root
+
+
+def lfw_image_path(root: str | os.PathLike, name: str, num: int) -> Path:
+    """Path of LFW image `num` (1-based) of person `name`."""
+    return lfw_image_dir(root) / name / f"{name}_{num:04d}.jpg"
+
+
+class _Aligner:
+    """Reads one LFW image and aligns it from its landmarks (or YuNet when the file has none for it)."""
+
+    def __init__(self, base: Path, landmarks: dict[str, np.ndarray] | None):
+        self.base, self.landmarks = base, landmarks  # landmark keys are paths relative to `base`
+
+    def __call__(self, path: Path) -> tuple[np.ndarray | None, str]:
+        from .align import align_face
+
+        img = read_image_rgb(path, on_error="skip")
+        if img is None:
+            return None, "missing or not a decodable image"
+        lm = None
+        if self.landmarks is not None:
+            lm = self.landmarks.get(Path(os.path.relpath(path, self.base)).as_posix())
+        if lm is None:
+            from .detect import detect_landmarks
+
+            found = detect_landmarks(img, select="center")
+            if found is None:
+                return None, "no face detected (no landmarks for it and YuNet found none)"
+            lm = found[0]
+        try:
+            return align_face(img, lm), ""
+        except ValueError as e:
+            return None, f"cannot align it ({e})"
+
+
+def load_lfw(root: str | os.PathLike, pairs_file: str = "pairs.txt", on_error: str = "fail",
+             landmarks: str | os.PathLike | None = "landmarks.tsv", workers: int = 2) -> VerificationSet:
+    """Aligned LFW verification set: each distinct image of the pairs read once and aligned.
+
+    landmarks: a landmarks.tsv (relative to root) or None to detect every face with YuNet. When the default
+    file is absent the faces are detected. A pair whose image is missing, unreadable or faceless raises a
+    DataError naming the pairs line (on_error="fail") or is dropped and counted in `skipped` ("skip").
+    """
+    check_on_error(on_error)
+    root = Path(root)
+    pairs_path = root / pairs_file
+    pairs = read_pairs(pairs_path)
+    lm, lm_base = None, root
+    if landmarks is not None:
+        lm_path, lm_base = root / landmarks, (root / landmarks).parent
+        if lm_path.is_file() or str(landmarks) != "landmarks.tsv":
+            lm = read_landmarks(lm_path)
+        else:
+            console.print(f"[yellow]{lm_path} not found: detecting landmarks with YuNet[/]")
+
+    img_dir = lfw_image_dir(root)
+    index: dict[Path, int] = {}
+    first_line: dict[Path, int] = {}
+    for p in pairs:
+        for name, num in ((p.name_a, p.num_a), (p.name_b, p.num_b)):
+            path = img_dir / name / f"{name}_{num:04d}.jpg"
+            if path not in index:
+                index[path] = len(index)
+                first_line[path] = p.line
+    paths = list(index)
+
+    if on_error == "fail":  # cheap existence check first, so the error comes before minutes of decoding
+        for path in paths:
+            if not path.is_file():
+                raise DataError(f"{pairs_path.name} line {first_line[path]}: image {path} not found; check the "
+                                f"LFW root, or set {SKIP_HINT} to drop the pairs that use it")
+
+    aligner = _Aligner(lm_base, lm)
+    images = np.zeros((len(paths), 112, 112, 3), np.uint8)
+    ok = np.ones(len(paths), bool)
+    pool = ThreadPoolExecutor(max(1, workers))
+    try:
+        with progress("img") as bar:
+            task = bar.add_task(f"LFW {Path(pairs_file).name}", total=len(paths))
+            for i, (face, why) in enumerate(pool.map(aligner, paths)):
+                if face is None:
+                    if on_error == "fail":
+                        raise DataError(f"{pairs_path.name} line {first_line[paths[i]]}: image {paths[i]}: {why}; "
+                                        f"replace it, or set {SKIP_HINT} to drop the pairs that use it")
+                    ok[i] = False
+                else:
+                    images[i] = face
+                bar.advance(task)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error, do not finish aligning the rest first
+
+    kept_pairs, issame, folds = [], [], []
+    skipped = 0
+    for p in pairs:
+        a = index[img_dir / p.name_a / f"{p.name_a}_{p.num_a:04d}.jpg"]
+        b = index[img_dir / p.name_b / f"{p.name_b}_{p.num_b:04d}.jpg"]
+        if not (ok[a] and ok[b]):
+            skipped += 1
+            continue
+        kept_pairs.append((a, b))
+        issame.append(p.issame)
+        folds.append(p.fold)
+    kept = np.array(kept_pairs, np.int64).reshape(-1, 2)
+    used = np.zeros(len(paths), bool)
+    used[kept.reshape(-1)] = True
+    if not used.all():  # drop images that only dropped pairs used, and renumber
+        images, kept = images[used], (np.cumsum(used) - 1)[kept]
+    return VerificationSet(name="lfw", images=images, pairs=kept, issame=np.array(issame, bool),
+                           folds=np.array(folds, np.int64), skipped=skipped, source=str(pairs_path))
