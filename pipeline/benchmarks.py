@@ -230,7 +230,9 @@ def _pairs_result(embeddings: np.ndarray, data, name: str, metric: str, seconds:
     _check_finite(emb, name)
     a, b = emb[data.pairs[:, 0]], emb[data.pairs[:, 1]]
     issame = np.asarray(data.issame, bool)
-    v = verification_10fold(a, b, issame, folds=data.folds, metric=metric)
+    # A pairs file with one fold (LFW View 1, a custom list) falls back to insightface's 10 consecutive folds.
+    folds = data.folds if len(np.unique(data.folds)) >= 2 else None
+    v = verification_10fold(a, b, issame, folds=folds, metric=metric)
     scores = pair_scores(a, b, metric)
     fpr, tpr, _ = roc_curve(scores, issame)
     n_neg = int((~issame).sum())
@@ -244,6 +246,7 @@ def _pairs_result(embeddings: np.ndarray, data, name: str, metric: str, seconds:
         "tar_at_far": {_far_key(f): t * 100 for f, t in tars.items()},
         "auc": _json_num(auc(fpr, tpr)),
         "fold_accuracies": v["fold_accuracies"],
+        "folds": "official" if folds is not None else "10 consecutive",
         "pairs": int(len(issame)), "skipped": int(getattr(data, "skipped", 0)),
         "images": int(len(data.images)), "seconds": float(seconds),
     }

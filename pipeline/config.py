@@ -73,7 +73,7 @@ class AugmentConfig(Section):
     """Training augmentation. Only `flip` keeps the teacher embedding cache usable (with teacher.flip: true
     the cache holds the mirrored faces' embeddings too); shift / color force online teacher embeddings."""
 
-    flip: bool = True  # random horizontal flip, p = 0.5
+    flip: bool = False  # random horizontal flip, p = 0.5 (from the cache only with teacher.flip: true)
     shift: int = Field(default=0, ge=0, le=32)  # random translation of up to N pixels (edge-replicated)
     color: float = Field(default=0.0, ge=0, le=1)  # brightness and contrast factors drawn from [1 - c, 1 + c]
 

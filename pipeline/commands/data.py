@@ -189,8 +189,8 @@ def register(app: typer.Typer) -> None:
                      lfw_root: Path = typer.Option(..., "--lfw-root", help="LFW folder (pairs.txt, images/, "
                                                                            "landmarks.tsv)."),
                      pairs: str = typer.Option("pairs.txt", "--pairs", help="Pairs file inside the LFW root."),
-                     image_format: str = typer.Option("jpeg", "--format", help="jpeg (quality 95, as insightface's "
-                                                      "bins) or png (lossless)."),
+                     image_format: str = typer.Option("png", "--format", help="png (lossless: same accuracy as the "
+                                                      "raw images) or jpeg (quality 95, as insightface's bins)."),
                      on_error: str = OnErrorOpt):
         """Align LFW's pairs and write an insightface-style .bin."""
         from ..data.binfile import make_bin_from_lfw, read_bin_raw
