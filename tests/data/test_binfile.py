@@ -62,7 +62,7 @@ def _fake_lfw(root: Path, rng) -> None:
 def test_make_bin_from_lfw_matches_the_raw_aligned_faces(tmp_path, rng):
     root = tmp_path / "lfw"
     _fake_lfw(root, rng)
-    out = make_bin_from_lfw(root, tmp_path / "lfw.bin")
+    out = make_bin_from_lfw(root, tmp_path / "lfw.bin", image_format="jpeg")
     raw = load_lfw(root)
     vs = read_bin(out)
     assert vs.issame.tolist() == [True, False] and vs.pairs.shape == (2, 2)
