@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import BackendUnavailable, ConfigError
+from .progress import table_console
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
@@ -191,10 +192,9 @@ def _distribution_installed(name: str) -> bool:
 
 def print_environment(report: dict[str, Any], console=None) -> None:
     """Render an `environment_report()` dict as Rich tables (system, packages, devices)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or table_console()
     system = Table(title="system", show_header=False)
     system.add_column(style="bold")
     system.add_column()

@@ -17,6 +17,13 @@ from .benchmarks import Benchmark, BenchmarkResult, evaluate_benchmark, evaluate
 from .io import sha256_json
 
 
+def embeddings_cache_dir() -> Path:
+    """Shared cache of benchmark embeddings ($FACEPIPE_CACHE/embeddings), keyed by model and data content."""
+    from .assets import cache_dir
+
+    return cache_dir().parent / "embeddings"
+
+
 def benchmark_inputs(bench: Benchmark) -> dict[str, Path]:
     """Files and folders whose content identifies a benchmark (LFW-style folders include their images)."""
     files = {f"{bench.name}.{p.name}": p for p in bench.input_files()}

@@ -12,6 +12,13 @@ from rich.text import Text
 console = Console(stderr=True)
 
 
+def table_console(stderr: bool = False) -> Console:
+    """A console for result tables: as wide as the terminal, and 140 columns when output is piped or
+    logged (Rich's default of 80 folds every column header)."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=140)
+
+
 class RateColumn(ProgressColumn):
     """Items per second, with a unit (img/s, step/s, ...)."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from facepipe.pipeline.config import PipelineConfig
 from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
+from facepipe.pipeline.progress import table_console
 
 CODE = ("facepipe.pipeline.teachers", "facepipe.pipeline.embedder", "facepipe.pipeline.cache",
         "facepipe.pipeline.evaluation", "facepipe.pipeline.benchmarks", "facepipe.pipeline.metrics",
@@ -41,10 +42,9 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
 
 def run(ctx: StageContext) -> StageResult:
     """Load the teacher, check its embedding size, score it, and cache its training-set embeddings."""
-    from rich.console import Console
 
     from facepipe.pipeline.cache import open_or_build
-    from facepipe.pipeline.evaluation import evaluate_model, results_table, roc_curves
+    from facepipe.pipeline.evaluation import embeddings_cache_dir, evaluate_model, results_table, roc_curves
     from facepipe.pipeline.io import atomic_write_json
     from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
 
@@ -60,8 +60,8 @@ def run(ctx: StageContext) -> StageResult:
     if cfg.teacher.check:
         results = evaluate_model(source, embedder, cfg.teacher.check, cfg.data_root(), flip=cfg.teacher.flip,
                                  batch_size=cfg.data.batch_size, on_error=cfg.data.on_error,
-                                 cache_dir=ctx.output_path("cache"))
-        Console(stderr=True).print(results_table(results, title=f"teacher {embedder.name}"))
+                                 cache_dir=embeddings_cache_dir())
+        table_console(stderr=True).print(results_table(results, title=f"teacher {embedder.name}"))
         summaries = {r.summary["name"]: r.summary for r in results}
         outputs["metrics"] = atomic_write_json(ctx.output_path("metrics.json"), summaries)
         from facepipe.pipeline.plots import plot_roc

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import DataError
+from ..progress import table_console
 
 OnErrorOpt = typer.Option("fail", "--on-error", help="fail: stop at the first bad image; skip: leave it out "
                                                      "and count it.")
@@ -214,9 +215,8 @@ def register(app: typer.Typer) -> None:
     @data_app.command("inspect")
     def inspect_cmd(path: Path = typer.Argument(..., help=".bin, .rec/.idx, LFW folder or image folder.")):
         """Counts, classes, pairs and sample shapes of a data set."""
-        from rich.console import Console
 
         if not path.exists():
             raise DataError(f"{path}: not found")
         kind, rows = _inspect_rows(path)
-        Console().print(_table(f"{path} ({kind})", rows))
+        table_console().print(_table(f"{path} ({kind})", rows))

@@ -9,6 +9,7 @@ import typer
 
 from ..cli import ConfigOpt, SetOpt, load
 from ..errors import ConfigError
+from ..progress import table_console
 
 KINDS = ("auto", "package", "checkpoint", "torchscript", "onnx", "hf", "insightface")
 
@@ -32,10 +33,8 @@ def eval_command(
     set_: Optional[list[str]] = SetOpt,
 ):
     """Evaluate a model on face-verification benchmarks (10-fold accuracy, VAL@FAR, TAR@FAR)."""
-    from rich.console import Console
 
-    from ..assets import cache_dir as assets_cache
-    from ..evaluation import evaluate_model, results_table, roc_curves
+    from ..evaluation import embeddings_cache_dir, evaluate_model, results_table, roc_curves
     from ..io import atomic_write_json
     from ..teachers import resolve_teacher
 
@@ -53,8 +52,8 @@ def eval_command(
     use_flip = cfg.teacher.flip if flip is None else flip
     results = evaluate_model(source, embedder, specs, cfg.data_root(required=False), flip=use_flip,
                              batch_size=batch_size or cfg.data.batch_size, on_error=cfg.data.on_error,
-                             metric=metric, cache_dir=assets_cache().parent / "embeddings" if cache else None)
-    Console().print(results_table(results, title=f"{embedder.name} ({embedder.runtime}, flip={use_flip})"))
+                             metric=metric, cache_dir=embeddings_cache_dir() if cache else None)
+    table_console().print(results_table(results, title=f"{embedder.name} ({embedder.runtime}, flip={use_flip})"))
     if json_out:
         atomic_write_json(json_out, {"model": source.describe(), "runtime": embedder.runtime, "flip": use_flip,
                                      "metric": metric,

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
+from ..progress import table_console
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +37,6 @@ def _measure(arch: str, embedding_size: int, input_size: int):
 
 def models_list(input_size: int = typer.Option(112, "--input-size", help="Square input side in pixels.")) -> None:
     """Table of registered architectures with parameters and MACs at the default embedding size (512)."""
-    from rich.console import Console
     from rich.table import Table
 
     from facepipe.models.complexity import human_count
@@ -48,7 +48,7 @@ def models_list(input_size: int = typer.Option(112, "--input-size", help="Square
     for name in list_models():
         c = _measure(name, 512, input_size)
         table.add_row(name, f"{c.params:,}", human_count(c.macs), human_count(c.flops))
-    Console().print(table)
+    table_console().print(table)
 
 
 def models_info(arch: str = typer.Argument(..., help="Architecture name (see `facepipe models list`)."),
@@ -57,7 +57,6 @@ def models_info(arch: str = typer.Argument(..., help="Architecture name (see `fa
                 json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers as JSON."),
                 layers: bool = typer.Option(False, "--layers", help="Also print the per-layer breakdown.")) -> None:
     """Parameters, FLOPs, MACs and weight footprint per dtype of one architecture."""
-    from rich.console import Console
     from rich.table import Table
 
     from facepipe.models.complexity import human_count, memory_footprint
@@ -69,7 +68,7 @@ def models_info(arch: str = typer.Argument(..., help="Architecture name (see `fa
     c = _measure(arch, embedding_size, input_size)
     footprint = memory_footprint(c.params)
 
-    console = Console()
+    console = table_console()
     summary = Table(title=f"{arch} (embedding {embedding_size}, {input_size}x{input_size})", show_header=False)
     summary.add_column(style="bold")
     summary.add_column(justify="right")

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..cli import ConfigOpt, SetOpt, load
+from ..progress import table_console
 
 
 def run_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
@@ -18,12 +19,11 @@ def run_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
                                                       "(repeatable); dependents re-run only if its outputs change."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (run/skip and why); run nothing.")):
     """Run the pipeline: stale stages run, fresh ones are skipped."""
-    from rich.console import Console
 
     from ..runner import outcomes_table, run_pipeline
 
     cfg = load(config, set_)
-    out = Console()
+    out = table_console()
     record: list = []
     try:
         run_pipeline(cfg, from_, to, tuple(force or ()), dry_run, record=record,
@@ -43,7 +43,6 @@ def status_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
     """Show each stage's state (fresh / stale / never-run / disabled / unavailable) and why."""
     import json
 
-    from rich.console import Console
 
     from ..runner import stage_status, status_table
 
@@ -51,7 +50,7 @@ def status_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
     if json_out:
         typer.echo(json.dumps([s.to_json() for s in states], indent=2))
     else:
-        Console().print(status_table(states))
+        table_console().print(status_table(states))
 
 
 def register(app: typer.Typer) -> None:
