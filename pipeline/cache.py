@@ -100,6 +100,27 @@ class TeacherCache:
                 return None
         return cls(key, emb_path, emb, flipped, meta)
 
+    def copy_to(self, cache_dir: str | os.PathLike) -> "TeacherCache":
+        """This cache copied into `cache_dir` (arrays first, sidecar last, each atomically); reused if there."""
+        import shutil
+
+        from .io import atomic_path
+
+        cache_dir = Path(cache_dir)
+        found = TeacherCache.open(cache_dir, self.key)
+        if found is not None:
+            return found
+        src = _paths(self.path.parent, self.key)
+        dst = _paths(cache_dir, self.key)
+        for s, d in zip(src, dst):
+            if s.exists():
+                with atomic_path(d) as tmp:
+                    shutil.copyfile(s, tmp)
+        copied = TeacherCache.open(cache_dir, self.key)
+        if copied is None:  # pragma: no cover - the source vanished while copying
+            raise DataError(f"copying teacher cache {self.path} to {cache_dir} failed")
+        return copied
+
     @classmethod
     def build(cls, embedder, source: FaceSourceLike, cache_dir: str | os.PathLike, key: str, flip: bool = False,
               batch_size: int = 64, show_progress: bool = True) -> "TeacherCache":

@@ -64,12 +64,13 @@ def env_cmd(json_out: Optional[Path] = typer.Option(None, "--json", help="Also w
 
 def _add_command_modules() -> None:
     from .commands import data as data_cmds
+    from .commands import distill as distill_cmds
     from .commands import eval as eval_cmds
     from .commands import models as models_cmds
     from .commands import run as run_cmds
     from .commands import teacher as teacher_cmds
 
-    for mod in (run_cmds, data_cmds, teacher_cmds, eval_cmds, models_cmds):
+    for mod in (run_cmds, data_cmds, teacher_cmds, distill_cmds, eval_cmds, models_cmds):
         mod.register(app)
 
 

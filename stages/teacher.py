@@ -75,8 +75,11 @@ def run(ctx: StageContext) -> StageResult:
         from facepipe.pipeline.data.imagefolder import open_face_source
 
         faces = open_face_source(_train_path(cfg), on_error=cfg.data.on_error)
-        cache, reused = open_or_build(source, faces, ctx.output_path("cache"), flip=cfg.teacher.flip,
-                                      batch_size=cfg.data.batch_size, embedder=embedder)
+        # Built once in the shared, content-keyed cache (other runs with the same teacher and data reuse it),
+        # then copied into this stage's folder so the run's outputs stand on their own.
+        shared, reused = open_or_build(source, faces, embeddings_cache_dir(), flip=cfg.teacher.flip,
+                                       batch_size=cfg.data.batch_size, embedder=embedder)
+        cache = shared.copy_to(ctx.output_path("cache"))
         outputs["cache"] = cache.path
         outputs["cache_meta"] = cache.path.with_suffix(".json")
         metrics.update(train_images=cache.n, cache_reused=reused)
