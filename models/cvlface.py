@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from .mobilefacenet import kaiming_init
 
 # Units per stage, from CVLFace get_blocks(num_layers).
 IR_UNITS: dict[int, tuple[int, int, int, int]] = {
@@ -75,14 +76,7 @@ class IRBackbone(nn.Module):
         self.body = nn.Sequential(*units)
         self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(0.4), Flatten(),
                                           nn.Linear(512 * 7 * 7, output_dim), nn.BatchNorm1d(output_dim, affine=False))
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_layer(self.body(self.input_layer(x)))

@@ -75,6 +75,18 @@ class GDC(nn.Module):
         return self.bn(self.linear(torch.flatten(self.conv_6_dw(x), 1)))
 
 
+def kaiming_init(module: nn.Module) -> None:
+    """cavaface / AdaDistill / CVLFace init: kaiming-normal fan_out for conv and linear, BN at identity."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class MobileFaceNet(nn.Module):
     """MobileFaceNet for aligned 112x112 faces: (N, 3, 112, 112) -> (N, embedding_size), unnormalised."""
 
@@ -98,15 +110,7 @@ class MobileFaceNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # Same scheme as cavaface / AdaDistill: kaiming-normal fan_out for conv and linear, BN at identity.
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv2_dw(self.conv1(x))

@@ -146,3 +146,20 @@ def l2n(x: torch.Tensor) -> torch.Tensor:
 def make_projector(d_in: int, d_out: int) -> nn.Module:
     """Identity when the sizes match, else a learnable bias-free linear map student -> teacher space."""
     return nn.Identity() if d_in == d_out else nn.Linear(d_in, d_out, bias=False)
+
+
+class TeacherCenters:
+    """Mixin for terms that use frozen (C, Dt) teacher class centres installed by the trainer."""
+
+    def _init_centers(self) -> None:
+        self.register_buffer("centers", torch.zeros(self.num_classes, self.teacher_embedding_size))
+        self.register_buffer("has_centers", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def set_centers(self, centers: torch.Tensor) -> None:
+        """Install (C, Dt) teacher class centres (e.g. from `class_centers`); they are re-normalised here."""
+        if tuple(centers.shape) != tuple(self.centers.shape):
+            raise ValueError(f"loss {self.name!r}: centres must be {tuple(self.centers.shape)}, "
+                             f"got {tuple(centers.shape)}")
+        self.centers.copy_(l2n(centers.to(self.centers)))
+        self.has_centers.fill_(True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LossInputs, LossTerm, Param, l2n, make_projector
+from .base import LossInputs, LossTerm, Param, TeacherCenters, l2n, make_projector
 from .registry import register_loss
 
 
 @register_loss("hinton_kd")
-class HintonKDLoss(LossTerm):
+class HintonKDLoss(TeacherCenters, LossTerm):
     """(1 - l) * CE(z_s, y) + l * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), KL averaged over the batch.
 
     A face embedder has no classifier, so without student/teacher logits in the inputs the logits are
@@ -30,16 +30,7 @@ class HintonKDLoss(LossTerm):
         super().__init__(**kw)
         self.needs_labels = self.config["l"] < 1
         self.proj = make_projector(self.embedding_size, self.teacher_embedding_size)
-        self.register_buffer("centers", torch.zeros(self.num_classes, self.teacher_embedding_size))
-        self.register_buffer("has_centers", torch.zeros((), dtype=torch.bool))
-
-    @torch.no_grad()
-    def set_centers(self, centers: torch.Tensor) -> None:
-        """Install (C, Dt) teacher class centres, used only when no logits are given."""
-        if tuple(centers.shape) != tuple(self.centers.shape):
-            raise ValueError(f"loss {self.name!r}: centres must be {tuple(self.centers.shape)}, got {tuple(centers.shape)}")
-        self.centers.copy_(l2n(centers.to(self.centers)))
-        self.has_centers.fill_(True)
+        self._init_centers()
 
     def check_inputs(self, inputs: LossInputs) -> None:
         has_s, has_t = inputs.student_logits is not None, inputs.teacher_logits is not None

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossInputs, LossTerm, Param, l2n
+from .base import LossInputs, LossTerm, Param, TeacherCenters, l2n
 from .registry import register_loss
 
 # Keeps sqrt(1 - cos^2) and its gradient finite at cos = +-1.
@@ -77,7 +77,7 @@ class CosFaceLoss(_LearnableMarginHead):
     PARAMS = {"s": Param(64.0, positive=True), "m": Param(0.35, min=0.0)}
 
 
-class _FrozenCenterHead(LossTerm):
+class _FrozenCenterHead(TeacherCenters, LossTerm):
     kind = "arc"
     needs_labels = True
     needs_centers = True
@@ -85,16 +85,7 @@ class _FrozenCenterHead(LossTerm):
     def __init__(self, **kw):
         super().__init__(**kw)
         self._require_same_dims()
-        self.register_buffer("centers", torch.zeros(self.num_classes, self.teacher_embedding_size))
-        self.register_buffer("has_centers", torch.zeros((), dtype=torch.bool))
-
-    @torch.no_grad()
-    def set_centers(self, centers: torch.Tensor) -> None:
-        """Install (C, Dt) teacher class centres (e.g. from `class_centers`); they are re-normalised here."""
-        if tuple(centers.shape) != tuple(self.centers.shape):
-            raise ValueError(f"loss {self.name!r}: centres must be {tuple(self.centers.shape)}, got {tuple(centers.shape)}")
-        self.centers.copy_(l2n(centers.to(self.centers)))
-        self.has_centers.fill_(True)
+        self._init_centers()
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         self.check_inputs(inputs)
