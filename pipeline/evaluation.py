@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 
 from .benchmarks import Benchmark, BenchmarkResult, evaluate_benchmark, evaluate_embeddings, resolve_benchmark
-from .io import sha256_json
 
 
 def embeddings_cache_dir() -> Path:
@@ -34,14 +33,14 @@ def benchmark_inputs(bench: Benchmark) -> dict[str, Path]:
     return files
 
 
-def benchmark_fingerprint(bench: Benchmark, on_error: str) -> str:
-    """Content hash of a benchmark (memoised file hashes keep this cheap on repeated runs)."""
-    from .manifest import HashCache, hash_path
+def faces_fingerprint(images: np.ndarray) -> str:
+    """Content hash of a face array: the same faces in the same order (an LFW folder, or the lossless .bin
+    made from it) share cached embeddings, and any change in reading or alignment changes the key."""
+    import hashlib
 
-    cache = HashCache()
-    digest = {role: hash_path(p, cache, label=role)[0] for role, p in sorted(benchmark_inputs(bench).items())}
-    cache.save()
-    return sha256_json({"benchmark": bench.to_dict()["format"], "inputs": digest, "on_error": on_error})
+    h = hashlib.sha256(repr((images.shape, str(images.dtype))).encode())
+    h.update(np.ascontiguousarray(images).data)
+    return h.hexdigest()
 
 
 @dataclass
@@ -84,7 +83,7 @@ def evaluate_model(model_source, embedder, specs: Sequence[str], data_root: Path
     """Evaluate `embedder` (built from `model_source`) on each benchmark spec.
 
     Every spec is resolved before any work starts, so a missing benchmark fails fast. With `cache_dir`,
-    pair-benchmark embeddings are cached per (model fingerprint, benchmark content, flip).
+    pair-benchmark embeddings are cached per (model fingerprint, face content, flip).
     """
     benches = [resolve_benchmark(s, data_root) for s in specs]
     results = []
@@ -94,8 +93,8 @@ def evaluate_model(model_source, embedder, specs: Sequence[str], data_root: Path
         load_s = time.perf_counter() - t0
         if cache_dir is not None and bench.kind == "pairs":
             t1 = time.perf_counter()
-            key = benchmark_fingerprint(bench, on_error)
-            emb, reused = embed_cached(model_source, embedder, data.images, key, flip, batch_size, cache_dir)
+            emb, reused = embed_cached(model_source, embedder, data.images, faces_fingerprint(data.images), flip,
+                                       batch_size, cache_dir)
             result = evaluate_embeddings(emb, data, name=bench.name, metric=metric,
                                          seconds=time.perf_counter() - t1)
             result.summary["embeddings_cached"] = reused

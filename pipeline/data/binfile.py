@@ -246,29 +246,40 @@ def _to_face(img: np.ndarray) -> np.ndarray:
 def read_bin(path: str | os.PathLike, on_error: str = "fail") -> VerificationSet:
     """Load an insightface .bin as a VerificationSet (10 consecutive folds, as insightface's KFold).
 
-    An undecodable image raises a DataError naming the file and image (on_error="fail"), or its pair is
-    dropped and counted in `skipped` ("skip").
+    Byte-identical images (LFW's 12,000 pair slots hold 7,701 distinct faces) are decoded and kept once, in
+    order of first appearance, so they are embedded once. An undecodable image raises a DataError naming
+    the file and image (on_error="fail"), or its pairs are dropped and counted in `skipped` ("skip").
     """
     check_on_error(on_error)
     path = Path(path)
     bins, issame = read_bin_raw(path)
-    faces = np.zeros((len(bins), _SIZE, _SIZE, 3), np.uint8)
-    ok = np.ones(len(bins), bool)
+    first: dict[bytes, int] = {}
+    slot_to_unique = np.array([first.setdefault(b, len(first)) for b in bins], dtype=np.int64)
+    unique = list(first)
+    faces = np.zeros((len(unique), _SIZE, _SIZE, 3), np.uint8)
+    ok = np.ones(len(unique), bool)
+    slot_of = {u: i for i, u in reversed(list(enumerate(slot_to_unique.tolist())))}  # first slot per image
     with progress("img") as bar:
-        task = bar.add_task(f"decode {path.name}", total=len(bins))
-        for i, b in enumerate(bins):
+        task = bar.add_task(f"decode {path.name}", total=len(unique))
+        for u, b in enumerate(unique):
+            i = slot_of[u]
             img = decode_image_rgb(b, f"{path}: image {i} (pair {i // 2})", on_error)
             if img is None:
-                ok[i] = False
+                ok[u] = False
             else:
-                faces[i] = _to_face(img)
+                faces[u] = _to_face(img)
             bar.advance(task)
     folds = consecutive_folds(len(issame))
-    pair_ok = ok[0::2] & ok[1::2]
-    keep_img = np.repeat(pair_ok, 2)
-    n_kept = int(pair_ok.sum())
-    return VerificationSet(name=path.stem, images=faces if keep_img.all() else faces[keep_img],
-                           pairs=np.arange(2 * n_kept, dtype=np.int64).reshape(-1, 2), issame=issame[pair_ok],
+    pairs = slot_to_unique.reshape(-1, 2)
+    pair_ok = ok[pairs[:, 0]] & ok[pairs[:, 1]]
+    pairs = pairs[pair_ok]
+    used = np.unique(pairs)  # images of dropped pairs go too; keep first-appearance order
+    if len(used) < len(unique):
+        order = np.sort(used)
+        remap = np.full(len(unique), -1, np.int64)
+        remap[order] = np.arange(len(order))
+        faces, pairs = faces[order], remap[pairs]
+    return VerificationSet(name=path.stem, images=faces, pairs=pairs, issame=issame[pair_ok],
                            folds=folds[pair_ok], skipped=int((~pair_ok).sum()), source=str(path))
 
 

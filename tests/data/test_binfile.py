@@ -79,7 +79,9 @@ def test_make_bin_png_is_lossless(tmp_path, rng):
     vs = read_bin(make_bin_from_lfw(root, tmp_path / "lfw.bin", image_format="png"))
     raw = load_lfw(root)
     assert read_bin_raw(tmp_path / "lfw.bin")[0][0][:4] == b"\x89PNG"
-    np.testing.assert_array_equal(vs.images, raw.images[raw.pairs.reshape(-1)])
+    # Repeated faces are kept once, in first-appearance order: the same array LFW's loader builds.
+    np.testing.assert_array_equal(vs.images, raw.images)
+    np.testing.assert_array_equal(vs.pairs, raw.pairs)
     with pytest.raises(DataError, match="image format must be"):
         make_bin_from_lfw(root, tmp_path / "x.bin", image_format="gif")
 
@@ -168,3 +170,15 @@ def test_corrupt_image_names_file_and_image_or_skips_pair(tmp_path, rng):
     assert vs.skipped == 1 and vs.issame.tolist() == [True, True]
     assert vs.images.shape[0] == 4 and vs.pairs.tolist() == [[0, 1], [2, 3]] and vs.folds.tolist() == [0, 2]
     np.testing.assert_array_equal(vs.images[2], decode_image_rgb(jpegs[4], "test"))
+
+
+def test_repeated_images_decoded_once_and_skip_remaps(tmp_path, rng):
+    a, b, c = _faces(rng, 3)
+    bad = b"\xff\xd8 not a jpeg"
+    # pairs: (a, b) same, (a, c) diff, (bad, b) same -> a and b repeat; the bad pair is dropped in skip mode
+    write_bin(tmp_path / "r.bin", [a, b, a, c, bad, b], [True, False, True])
+    with pytest.raises(DataError, match="image 4"):
+        read_bin(tmp_path / "r.bin")
+    vs = read_bin(tmp_path / "r.bin", on_error="skip")
+    assert vs.images.shape[0] == 3 and vs.skipped == 1
+    assert vs.pairs.tolist() == [[0, 1], [0, 2]] and vs.issame.tolist() == [True, False]
