@@ -37,7 +37,11 @@ def register(app: typer.Typer) -> None:
     def inspect(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
                 json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON.")):
         """Source, kind, files + sha256, preprocessing, output dim, normalisation, I/O and size of the teacher."""
-        from ..embedder import OnnxRuntimeEmbedder, TorchEmbedder, onnx_initializer_count
+        from ..embedder import (
+            OnnxRuntimeEmbedder,
+            TorchEmbedder,
+            onnx_initializer_count,
+        )
         from ..teachers import resolve_teacher
 
         cfg = load(config, set_)

@@ -19,7 +19,8 @@ from facepipe.pipeline.errors import FacepipeError
 from facepipe.pipeline.io import atomic_path, sha256_json
 
 FORMAT = 1
-KIND = "facepipe.distill.checkpoint"
+KIND = "facepipe.distill.checkpoint"  # checkpoints/last.pt: everything needed to resume
+STUDENT_KIND = "facepipe.student"  # student.pt / best.pt: weights + what a runtime needs to use them
 
 
 class CheckpointError(FacepipeError):
@@ -56,16 +57,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # --- files ------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, payload: dict[str, Any], kind: str = KIND) -> Path:
     """torch.save to a temporary name beside `path`, fsync, rename: a kill never leaves half a file."""
-    payload = {"format": FORMAT, "kind": KIND, **payload}
+    payload = {"format": FORMAT, "kind": kind, **payload}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by save_checkpoint; anything else (or a hostile pickle) is a CheckpointError."""
+def load_checkpoint(path: str | Path, kind: str = KIND) -> dict[str, Any]:
+    """A `kind` file written by save_checkpoint; anything else (or a hostile pickle) is a CheckpointError."""
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -74,8 +75,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is unreadable ({first}); use --restart to start over") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
-        raise CheckpointError(f"{path} is not a facepipe distill checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        what = "distill checkpoint" if kind == KIND else f"{kind} file"
+        raise CheckpointError(f"{path} is not a facepipe {what}")
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {ckpt.get('format')!r}, this facepipe reads {FORMAT}; "
                               "use --restart")

@@ -61,6 +61,10 @@ class ShardPlan:
         """This rank's batches of `epoch`, from step `start` on (a DataLoader batch_sampler)."""
         return EpochBatches(self, epoch, start)
 
+    def stream(self, epoch: int, start: int, count: int) -> "BatchStream":
+        """`count` batches from (epoch, start) on, crossing epoch boundaries (one DataLoader for a whole run)."""
+        return BatchStream(self, epoch, start, count)
+
 
 class EpochBatches:
     """Iterable of this rank's batches in one epoch: lists of (sample index, flip, epoch) keys."""
@@ -80,3 +84,23 @@ class EpochBatches:
         for step in range(self.start, p.steps_per_epoch):
             rows = perm[step * p.global_batch + lo: step * p.global_batch + lo + p.local_batch]
             yield [(int(i), bool(flips[i]), self.epoch) for i in rows]
+
+
+class BatchStream:
+    """This rank's next `count` batches from (epoch, start), epoch after epoch."""
+
+    def __init__(self, plan: ShardPlan, epoch: int, start: int, count: int):
+        self.plan, self.epoch, self.start, self.count = plan, epoch, start, max(0, count)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
+        left, epoch, start = self.count, self.epoch, self.start
+        while left > 0:
+            for batch in EpochBatches(self.plan, epoch, start):
+                yield batch
+                left -= 1
+                if left == 0:
+                    return
+            epoch, start = epoch + 1, 0

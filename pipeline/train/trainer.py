@@ -25,8 +25,8 @@ from facepipe.models.losses import LossInputs, WeightedLoss
 from facepipe.pipeline.errors import ConfigError, FacepipeError, ModelError
 
 from . import dist as D
-from .checkpoint import (CheckpointError, check_matches, fingerprint_of, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (STUDENT_KIND, CheckpointError, check_matches, fingerprint_of, load_checkpoint,
+                         rng_state, save_checkpoint, set_rng_state)
 from .data import FaceDataset, collate, read_labels, student_input
 from .logs import EVAL_CSV, TRAIN_CSV, TrainLog
 from .sampler import ShardPlan
@@ -134,7 +134,8 @@ class Trainer:
         self.schedule = build_schedule(cfg, self.total_steps, self.steps_per_epoch)
         self.dataset = FaceDataset(source, self.labels, shift=aug.shift, color=aug.color, seed=seed)
 
-        self.student.to(self.device)
+        # channels-last: ~25% faster depthwise convolutions on CPU (and what tensor cores want on CUDA)
+        self.student.to(self.device, memory_format=torch.channels_last)
         self.loss.to(self.device)
         self.loss_params = [p for p in self.loss.parameters() if p.requires_grad]
         self.params = [p for p in self.student.parameters() if p.requires_grad] + self.loss_params
@@ -235,8 +236,8 @@ class Trainer:
     def save_weights(self, path: Path, **extra) -> Path:
         """The student's weights and metadata (student.pt / best.pt format), rank 0."""
         if self.env.is_main:
-            save_checkpoint(path, {"state_dict": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
-                                   **self.student_meta, "step": self.step, **extra})
+            state = {k: v.detach().cpu().contiguous() for k, v in self.student.state_dict().items()}
+            save_checkpoint(path, {"state_dict": state, **self.student_meta, "step": self.step, **extra}, STUDENT_KIND)
         return path
 
     # --- evaluation --------------------------------------------------------------------------------
@@ -279,7 +280,7 @@ class Trainer:
         lr = self.schedule(self.step)
         set_lr(self.optimizer, lr)
         teacher = self.targets(batch).to(self.device) if self.targets is not None else None
-        x = student_input(batch["faces"], self.device)
+        x = student_input(batch["faces"], self.device).contiguous(memory_format=torch.channels_last)
         labels = batch["labels"].to(self.device)
         with self.autocast():
             emb = self.ddp(x)
@@ -317,12 +318,13 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DDP(self.student, device_ids=ids)  # BatchNorm buffers follow rank 0
 
-    def _loader(self, epoch: int, start: int):
+    def _loader(self):
+        """One loader for the rest of the run: its workers fork once, before training memory piles up."""
         return torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.plan.batches(epoch, start), collate_fn=collate,
-            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+            self.dataset, batch_sampler=self.plan.stream(self.epoch, self.in_epoch, self.total_steps - self.step),
+            collate_fn=collate, num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
             # an own generator: creating the iterator must not draw from the global torch RNG
-            generator=torch.Generator().manual_seed(self.seed * 1009 + epoch))
+            generator=torch.Generator().manual_seed(self.seed))
 
     def fit(self, resume: str = "auto") -> TrainResult:
         """Train to `total_steps` (resuming per `resume`), evaluate at the end, write the final checkpoint."""
@@ -360,29 +362,33 @@ class Trainer:
         last_step = self.step
         with bar:
             task = bar.add_task("distill", total=self.total_steps * gb, completed=self.step * gb)
-            while self.step < self.total_steps:
-                for batch in self._loader(self.epoch, self.in_epoch):
-                    values = self.train_step(batch)
-                    self.step += 1
-                    self.in_epoch += 1
-                    if self.in_epoch == self.steps_per_epoch:
-                        self.epoch, self.in_epoch = self.epoch + 1, 0
-                    bar.update(task, advance=gb, description=f"distill e{self.epoch} loss {values['loss']:.3f}")
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        now = time.perf_counter()
-                        row = {**values, "img_per_s": round(gb * (self.step - last_step) / max(now - t_last, 1e-9), 2),
-                               "elapsed_s": round(now - t_start, 3)}
-                        tlog.step(self.step, row)
-                        history.append({"step": self.step, **row})
-                        t_last, last_step = now, self.step
-                    if (cfg.save_every and self.step % cfg.save_every == 0) or self.in_epoch == 0:
-                        if self.step < self.total_steps:
-                            self.save()
-                            self.saved_step = self.step
-                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
-                        self.evaluate(tlog)
-                    for cb in self.callbacks:
-                        cb(self, self.step)
-                    if self.step >= self.total_steps:
-                        break
+            for batch in self._loader():
+                values = self.train_step(batch)
+                self.step += 1
+                self.in_epoch += 1
+                if self.in_epoch == self.steps_per_epoch:
+                    self.epoch, self.in_epoch = self.epoch + 1, 0
+                bar.update(task, advance=gb, description=f"distill e{self.epoch} loss {values['loss']:.3f}")
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    row = {**values, "img_per_s": round(gb * (self.step - last_step) / max(now - t_last, 1e-9), 2),
+                           "elapsed_s": round(now - t_start, 3)}
+                    tlog.step(self.step, row)
+                    history.append({"step": self.step, **row})
+                    t_last, last_step = now, self.step
+                self._periodic(tlog)
+                for cb in self.callbacks:
+                    cb(self, self.step)
         return values
+
+    def _periodic(self, tlog: TrainLog) -> None:
+        """Checkpoint every save_every steps and at epoch ends; evaluate every eval_every steps (the last
+        step's checkpoint and evaluation are fit()'s)."""
+        cfg = self.cfg
+        if self.step >= self.total_steps:
+            return
+        if (cfg.save_every and self.step % cfg.save_every == 0) or self.in_epoch == 0:
+            self.save()
+            self.saved_step = self.step
+        if cfg.eval_every and self.step % cfg.eval_every == 0:
+            self.evaluate(tlog)

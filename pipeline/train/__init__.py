@@ -1,0 +1,17 @@
+"""Distillation training: the loop, its data, teacher targets, schedules, checkpoints, logs and launching.
+
+Heavy modules (torch) are imported by the submodules only; importing this package stays cheap.
+
+    trainer     Trainer, TrainResult, TrainingDiverged, seed_everything
+    data        FaceDataset, read_labels, student_input, STUDENT_PREPROCESS
+    sampler     ShardPlan (deterministic, resumable DistributedSampler-like sharding)
+    targets     CachedTargets, OnlineTargets, choose_teacher_mode, teacher_class_centers
+    schedule    Schedule, build_schedule (step / poly / cosine / constant with warmup)
+    checkpoint  save_checkpoint, load_checkpoint, CheckpointError
+    dist        DistEnv, init_process_group, collectives
+    launch      torchrun_command, launch (torch.distributed.run, single or multi node)
+    worker      run_job (in-process or `python -m facepipe.pipeline.train.worker JOB`)
+    evaluate    StudentEvaluator (the eval callback)
+    logs        TrainLog (CSV + TensorBoard)
+    bench       step-time benchmark, teacher cache vs online
+"""

@@ -1,0 +1,223 @@
+"""Distill stage: train the student (MobileFaceNet by default) from the teacher's embeddings.
+
+Inputs: the teacher stage's outputs (teacher.card, and teacher.cache + teacher.cache_meta when cached), the
+training set (data.train) and the evaluation benchmarks. Outputs in runs/<run>/distill/: student.pt (final
+weights + arch, embedding_size, preprocess, fingerprint), best.pt (best by distill.best_metric), metrics.json
+(final evaluation), train_log.csv (+ eval_log.csv, tensorboard/), and checkpoints/last.pt for --resume.
+With distill.devices * launch.nnodes > 1 the training runs in torchrun workers (pipeline/train/launch.py);
+this process waits for them and reports rank 0's result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from facepipe.pipeline.config import PipelineConfig
+from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
+
+CODE = ("facepipe.pipeline.train.trainer", "facepipe.pipeline.train.data", "facepipe.pipeline.train.sampler",
+        "facepipe.pipeline.train.schedule", "facepipe.pipeline.train.targets", "facepipe.pipeline.train.checkpoint",
+        "facepipe.pipeline.train.dist", "facepipe.pipeline.train.evaluate", "facepipe.pipeline.train.worker",
+        "facepipe.models.mobilefacenet", "facepipe.models.losses.weighted", "facepipe.models.losses.adadistill",
+        "facepipe.models.losses.adaface", "facepipe.models.losses.adaface_geom", "facepipe.models.losses.margin",
+        "facepipe.models.losses.kd", "facepipe.models.losses.unified", "facepipe.models.losses.relational",
+        "facepipe.models.losses.contrastive", "facepipe.models.losses.angular", "facepipe.pipeline.benchmarks",
+        "facepipe.pipeline.metrics", "facepipe.pipeline.data.imagefolder")
+
+# distill keys that do not change the training trajectory: a checkpoint stays resumable across them
+NEUTRAL_KEYS = ("devices", "num_workers", "eval_every", "benchmarks", "best_metric", "save_every", "log_every",
+                "tensorboard")
+RESULT = ".launch/result.json"
+
+
+def train_path(cfg: PipelineConfig) -> Path:
+    p = Path(cfg.data.train)
+    return p if p.is_absolute() else cfg.data_root() / p
+
+
+def eval_specs(cfg: PipelineConfig) -> list[str]:
+    return list(cfg.data.benchmarks if cfg.distill.benchmarks is None else cfg.distill.benchmarks)
+
+
+def world_size(cfg: PipelineConfig) -> int:
+    return cfg.distill.devices * cfg.distill.launch.nnodes
+
+
+def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
+    """The training set and the evaluation benchmarks' files."""
+    from facepipe.pipeline.benchmarks import resolve_benchmark
+    from facepipe.pipeline.evaluation import benchmark_inputs
+
+    inputs = {"data.train": train_path(cfg)}
+    specs = eval_specs(cfg)
+    root = cfg.data_root(required=False) if specs else None
+    for spec in specs:
+        inputs.update({f"bench.{k}": v for k, v in benchmark_inputs(resolve_benchmark(spec, root)).items()})
+    return inputs
+
+
+def stage_inputs(cfg: PipelineConfig) -> dict[str, Path]:
+    """This stage's inputs outside the runner (bench, nodes > 0): the teacher manifest's outputs + external."""
+    from facepipe.pipeline.errors import StageError
+    from facepipe.pipeline.manifest import COMPLETE, read_manifest, resolve_stored
+
+    teacher_dir = cfg.run_dir() / "teacher"
+    m = read_manifest(teacher_dir)
+    if m is None or m.get("status") != COMPLETE:
+        raise StageError(f"the teacher stage has no complete manifest in {teacher_dir}: run `facepipe run --to "
+                         "teacher` first (on every node, or on a filesystem they share)")
+    inputs = {f"teacher.{r}": resolve_stored(teacher_dir, rec.get("path", "")) for r, rec in m["outputs"].items()}
+    return {**inputs, **external_inputs(cfg)}
+
+
+def make_job(ctx: StageContext) -> dict:
+    """Everything a worker needs to rebuild this stage's training on its own (JSON-able)."""
+    cfg = ctx.config
+    return {"setup": "facepipe.stages.distill:build_trainer", "config": cfg.model_dump(mode="json"),
+            "base_dir": str(cfg.base_dir), "resume": cfg.distill.resume, "out_dir": str(ctx.stage_dir),
+            "result": str(ctx.stage_dir / RESULT), "inputs": {r: str(p) for r, p in ctx.inputs.items()},
+            "device": cfg.run.device, "backend": cfg.distill.launch.backend,
+            "timeout_min": cfg.distill.launch.timeout_min}
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Train in this process (one device) or through torchrun; then report the outputs and metrics."""
+    from facepipe.pipeline.train.dist import DistEnv
+    from facepipe.pipeline.train.launch import launch
+    from facepipe.pipeline.train.worker import METRICS, STUDENT, run_job
+
+    cfg = ctx.config
+    job = make_job(ctx)
+    if world_size(cfg) == 1:
+        summary = run_job(job, DistEnv())
+    else:
+        summary = launch(job, cfg.distill.devices, cfg.distill.launch)
+    outputs = {"student": ctx.stage_dir / STUDENT, "best": ctx.stage_dir / "best.pt",
+               "metrics": ctx.stage_dir / METRICS, "log": ctx.stage_dir / "train_log.csv"}
+    if (ctx.stage_dir / "eval_log.csv").is_file():
+        outputs["eval_log"] = ctx.stage_dir / "eval_log.csv"
+    train = summary["train"]
+    metrics = {**summary["metrics"], "steps": train["steps"], "epochs": train["epochs"],
+               "steps_per_s": train["steps_per_s"], "teacher_mode": train.get("teacher_mode")}
+    if summary["best"].get("value") is not None:
+        metrics["best_" + summary["best"]["metric"]] = summary["best"]["value"]
+    return StageResult(outputs=outputs, metrics=metrics)
+
+
+# --- on every rank ---------------------------------------------------------------------------------
+def _teacher_fingerprint(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
+    card = inputs.get("teacher.card")
+    if card and Path(card).is_file():
+        fp = json.loads(Path(card).read_text()).get("fingerprint")
+        if fp:
+            return fp
+    from facepipe.pipeline.teachers import resolve_teacher
+
+    return resolve_teacher(cfg.teacher, cfg.base_dir).fingerprint()
+
+
+def open_teacher_cache(inputs: dict[str, str]):
+    """The teacher stage's cache: inputs teacher.cache (embeddings .npy) and teacher.cache_meta (its sidecar,
+    which names the key); None when the stage made no cache. A vanished, stale or mismatched one is a ModelError."""
+    from facepipe.pipeline.cache import TeacherCache
+    from facepipe.pipeline.errors import ModelError
+
+    emb_path, meta_path = inputs.get("teacher.cache"), inputs.get("teacher.cache_meta")
+    if not emb_path or not meta_path:
+        return None
+    meta_path = Path(meta_path)
+    try:
+        key = json.loads(meta_path.read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelError(f"teacher cache sidecar {meta_path} is unreadable: re-run the teacher stage") from None
+    cache = TeacherCache.open(meta_path.parent, key)
+    if cache is None or cache.path.resolve() != Path(emb_path).resolve():
+        raise ModelError(f"teacher cache {emb_path} (sidecar {meta_path}) is incomplete, stale or mismatched: "
+                         "re-run the teacher stage (facepipe run --force teacher)")
+    return cache
+
+
+def build_trainer(job: dict, env, device):
+    """The job's Trainer on this rank: data, teacher targets (cache or online), student, losses, evaluator."""
+    import torch
+
+    from facepipe.models.losses import build_weighted_loss
+    from facepipe.models.registry import build_model
+    from facepipe.pipeline.data.imagefolder import open_face_source
+    from facepipe.pipeline.errors import ConfigError, ModelError
+    from facepipe.pipeline.progress import console
+    from facepipe.pipeline.train.data import STUDENT_PREPROCESS, read_labels
+    from facepipe.pipeline.train.evaluate import StudentEvaluator
+    from facepipe.pipeline.train.targets import (CachedTargets, OnlineTargets, choose_teacher_mode,
+                                                 teacher_class_centers)
+    from facepipe.pipeline.train.trainer import Trainer, seed_everything
+
+    cfg = PipelineConfig(**job["config"], base_dir=job["base_dir"])
+    d, inputs = cfg.distill, job["inputs"]
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    say = (lambda m: console.print(m)) if env.is_main else (lambda m: None)
+
+    source = open_face_source(train_path(cfg), on_error=cfg.data.on_error)
+    labels = read_labels(source, where=f"training set {train_path(cfg)}")
+    cache = open_teacher_cache(inputs)
+    if cache is not None and cache.n != len(source):
+        raise ModelError(f"teacher cache {cache.path} holds {cache.n} embeddings but {train_path(cfg)} has "
+                         f"{len(source)} faces: re-run the teacher stage")
+    choice = choose_teacher_mode(d.teacher_mode, d.augment, cache is not None,
+                                 cache is not None and cache.flipped is not None)
+    if choice.mode == "cache":
+        targets = CachedTargets(cache.embeddings, cache.flipped, where=f"teacher cache {cache.path}")
+    else:
+        from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
+
+        embedder = resolve_teacher(cfg.teacher, cfg.base_dir).load(device=str(device), threads=cfg.run.threads)
+        check_teacher_dim(embedder, cfg.teacher)
+        targets = OnlineTargets(embedder, batch_size=cfg.data.batch_size)
+    if targets.dim != cfg.teacher.embedding_size:
+        raise ModelError(f"the teacher gives {targets.dim}-d embeddings but teacher.embedding_size is "
+                         f"{cfg.teacher.embedding_size}")
+    say(f"distill: teacher embeddings from the {choice.mode} ({choice.reason})")
+
+    seed_everything(cfg.run.seed)
+    student = build_model(d.student.arch, embedding_size=d.student.embedding_size)
+    loss = build_weighted_loss(d.losses, num_classes=source.num_classes, embedding_size=d.student.embedding_size,
+                               teacher_embedding_size=targets.dim)
+    if loss.needs_centers:
+        if cache is None:
+            need = [n for n, t in loss.terms.items() if t.needs_centers]
+            raise ConfigError(f"loss {need[0]!r} needs teacher class centres, computed from the teacher cache: "
+                              "set teacher.cache=true")
+        loss.set_centers(teacher_class_centers(cache.embeddings, labels, source.num_classes))
+
+    specs = eval_specs(cfg)
+    evaluator = None
+    if specs:
+        evaluator = StudentEvaluator(specs, cfg.data_root(required=False), flip=cfg.teacher.flip,
+                                     batch_size=cfg.data.batch_size, on_error=cfg.data.on_error, device=str(device))
+        if d.best_metric and not any(d.best_metric.startswith(f"{n}_") for n in evaluator.names):
+            raise ConfigError(f"distill.best_metric={d.best_metric!r} names no evaluated benchmark "
+                              f"({', '.join(evaluator.names)}): use e.g. {evaluator.names[0]}_accuracy")
+    distill_cfg = {k: v for k, v in cfg.section("distill").items() if k not in NEUTRAL_KEYS}
+    identity = {"distill": distill_cfg, "seed": cfg.run.seed, "device": device.type,
+                "data": {"listing": source.listing_hash(), "n": len(source), "num_classes": int(source.num_classes)},
+                "teacher": {"fingerprint": _teacher_fingerprint(cfg, inputs), "mode": choice.mode,
+                            "cache": cache.key if choice.mode == "cache" else None}}
+    meta = {"arch": d.student.arch, "embedding_size": d.student.embedding_size,
+            "preprocess": STUDENT_PREPROCESS.to_dict(), "teacher_embedding_size": targets.dim,
+            "losses": [t.model_dump(mode="json") for t in d.losses]}
+    trainer = Trainer(d, student, loss, source, out_dir=Path(job["out_dir"]), identity=identity, seed=cfg.run.seed,
+                      targets=targets, labels=labels, env=env, device=device,
+                      evaluator=evaluator if env.is_main else None, best_metric=d.best_metric if specs else None,
+                      student_meta=meta, log=say)
+    trainer.student_meta["fingerprint"] = trainer.fingerprint
+    trainer.info = {"teacher_mode": choice.mode, "teacher_mode_reason": choice.reason}
+    return trainer
+
+
+SPEC = register_stage(StageSpec(
+    name="distill", run=run, after=("teacher",),
+    sections=("distill", "data.train", "data.on_error", "data.root", "data.benchmarks", "data.batch_size",
+              "teacher", "run.seed", "run.device"),
+    external_inputs=external_inputs, code=CODE))
