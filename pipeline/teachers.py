@@ -232,10 +232,20 @@ class CheckpointTeacher(TeacherSource):
     @classmethod
     def from_config(cls, cfg, source):
         path = _require_file(Path(source), "checkpoint file")
+        state, meta = _unwrap_checkpoint(safe_torch_load(path), path)
+        # A checkpoint that declares its architecture (facepipe's student.pt does) needs no teacher.arch.
+        declared_arch, declared_dim = meta.get("arch"), meta.get("embedding_size")
+        if isinstance(declared_arch, str):
+            if cfg.arch and cfg.arch != declared_arch:
+                raise ModelError(f"{path} declares arch {declared_arch!r} but teacher.arch is {cfg.arch!r}: "
+                                 "drop the override")
+            update = {"arch": declared_arch}
+            if isinstance(declared_dim, int):
+                update["embedding_size"] = declared_dim
+            cfg = cfg.model_copy(update=update)
         if not cfg.arch:
             raise ConfigError(f"teacher.arch is required for the checkpoint teacher {path.name} "
                               "(e.g. --set teacher.arch=iresnet50)")
-        state, meta = _unwrap_checkpoint(safe_torch_load(path), path)
         declared: set[str] = set()
         pre = DEFAULT_PREPROCESS
         if isinstance(meta.get("preprocess"), dict):

@@ -432,3 +432,16 @@ def test_cli_fetch(sface_path):
     r = CliRunner().invoke(_app(), ["teacher", "fetch", "sface"])
     assert r.exit_code == 0, r.output
     assert str(sface_path) in r.output and f"sha256: {ASSETS.get('sface').sha256}" in r.output
+
+
+def test_checkpoint_declaring_its_arch_needs_no_config(mfn, fake_faces, tmp_path):
+    """A facepipe student.pt carries arch and embedding size; a conflicting teacher.arch is refused."""
+    path = tmp_path / "student.pt"
+    torch.save({"kind": "facepipe.student", "state_dict": mfn.state_dict(), "arch": "mobilefacenet",
+                "embedding_size": 128}, path)
+    emb = load_teacher(TeacherConfig(source=str(path), embedding_size=128), threads=1)
+    assert_parity(emb.embed(fake_faces), reference(mfn, fake_faces))
+    with pytest.raises(ModelError, match="declares arch 'mobilefacenet'"):
+        resolve_teacher(TeacherConfig(source=str(path), arch="iresnet18", embedding_size=128))
+    with pytest.raises(ModelError, match="gives 128-d embeddings but teacher.embedding_size is 512"):
+        load_teacher(TeacherConfig(source=str(path), embedding_size=512))
