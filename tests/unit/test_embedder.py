@@ -18,14 +18,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
-def mfn():
-    from facepipe.models.registry import build_model
-
-    torch.manual_seed(0)
-    return build_model("mobilefacenet", embedding_size=128).eval()
-
-
-@pytest.fixture(scope="module")
 def plain_onnx(mfn, tmp_path_factory):
     """MobileFaceNet exported once with a dynamic batch axis and no metadata."""
     path = tmp_path_factory.mktemp("onnx") / "plain.onnx"

@@ -22,14 +22,6 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def mfn():
-    from facepipe.models.registry import build_model
-
-    torch.manual_seed(0)
-    return build_model("mobilefacenet", embedding_size=128).eval()
-
-
 def reference(model, faces, mean=127.5, std=127.5):
     x = torch.from_numpy(faces.copy()).permute(0, 3, 1, 2).float()
     with torch.no_grad():
