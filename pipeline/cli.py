@@ -7,6 +7,13 @@ from pathlib import Path
 from typing import Optional
 
 import click
+
+# typer >= 0.26 vendors click (typer._click): catch both its and click's own usage errors and exits
+try:
+    from typer._click.exceptions import ClickException as _VendoredClickException
+    from typer.exceptions import Abort as _TyperAbort, Exit as _TyperExit
+except ImportError:  # pragma: no cover - older typer re-exports click's classes
+    _VendoredClickException, _TyperAbort, _TyperExit = click.ClickException, click.exceptions.Abort, click.exceptions.Exit
 import typer
 
 from .errors import FacepipeError
@@ -82,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     except FacepipeError as e:
         typer.secho(f"error: {e}", err=True, fg="red")
         return e.exit_code
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Exit, _TyperExit) as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, _TyperAbort):
         typer.echo("aborted", err=True)
         return 130
-    except click.ClickException as e:
+    except (click.ClickException, _VendoredClickException) as e:
         e.show()
         return e.exit_code
     except KeyboardInterrupt:

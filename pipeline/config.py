@@ -125,30 +125,66 @@ class DistillConfig(Section):
     launch: LaunchConfig = Field(default=LaunchConfig(), exclude=True)
 
 
+class InversionConfig(Section):
+    """quantize.data=inversion: DeepInversion-style images optimised to match the fp32 model's BN statistics."""
+
+    images: int = Field(default=256, ge=1)  # images to synthesise (in batches of quantize.batch_size)
+    iterations: int = Field(default=200, ge=1)  # optimisation steps per batch
+    lr: float = Field(default=0.1, gt=0)  # Adam lr on the image pixels
+    tv_weight: float = Field(default=1e-4, ge=0)  # total-variation prior
+    l2_weight: float = Field(default=1e-5, ge=0)  # pixel L2 prior
+    seed: int = 0
+
+
 class QuantizeConfig(Section):
     enabled: bool = True
+    backend: Literal["own", "nncf"] = "own"  # own fake-quant (any bits) | nncf (8-bit only, needs nncf)
     wbits: int = Field(default=8, ge=2, le=8)
     abits: int = Field(default=8, ge=2, le=8)
-    mode: Literal["ptq", "qat"] = "qat"
+    mode: Literal["ptq", "qat"] = "qat"  # ptq: calibration only; qat: PTQ init, then fine-tune against fp32
     data: Literal["real", "synthetic", "inversion"] = "synthetic"
-    steps: int = Field(default=1000, ge=0)
+    data_path: str | None = None  # real: null -> data.train; synthetic: a folder of generated faces, null -> DCGAN
+    images: int = Field(default=1024, ge=1)  # images drawn / generated for calibration and fine-tuning
+    calib_images: int = Field(default=256, ge=1)  # images seen by PTQ calibration
+    steps: int = Field(default=300, ge=0)  # QAT optimizer steps
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    freeze_after: int = Field(default=100, ge=0)  # QAT steps after which activation ranges stop moving
+    weight_symmetric: bool = True  # weights: zero point 0 (TensorRT needs it); activations asymmetric
+    act_symmetric: bool = False
+    benchmarks: list[str] | None = None  # accuracy of fp32 / PTQ / QAT; null: data.benchmarks
+    inversion: InversionConfig = InversionConfig()
+
+
+class TensorRTConfig(Section):
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"  # int8 builds from the QDQ ONNX (explicit quantization)
+    min_batch: int = Field(default=1, ge=1)  # optimization profile
+    opt_batch: int = Field(default=8, ge=1)
+    max_batch: int = Field(default=32, ge=1)
+    workspace_mb: int = Field(default=1024, ge=16)
+    timing_cache: str | None = None  # null: <cache>/tensorrt/timing.cache
+    dla_core: int | None = Field(default=None, ge=0)  # Jetson DLA core (GPU fallback on)
+    builder: Literal["tensorrt", "torch_tensorrt"] = "tensorrt"
 
 
 class ExportConfig(Section):
-    formats: list[str] = ["onnx", "onnx_int8", "openvino"]
+    formats: list[str] = ["onnx", "onnx_int8", "openvino", "openvino_int8"]
     opset: int = Field(default=17, ge=17)
-    atol: float | None = None
+    atol: float | None = None  # override every format's parity tolerance (cosine floor stays)
+    parity_faces: int = Field(default=64, ge=1)  # real faces (first benchmark) for the parity check
+    tensorrt: TensorRTConfig = TensorRTConfig()
 
 
 class BenchConfig(Section):
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N | jetson
     formats: list[str] = ["torch", "onnx", "onnx_int8", "openvino", "openvino_int8"]
-    benchmarks: list[str] = ["lfw"]
+    benchmarks: list[str] | None = None  # null: data.benchmarks
     batch_sizes: list[int] = [1, 32]
     warmup: int = Field(default=10, ge=0)
     runs: int = Field(default=50, ge=1)
     threads: int = Field(default=1, ge=1)
-    floors: dict[str, float] = {}
+    floors: dict[str, float] = {}  # e.g. {lfw: 0.99}: exit non-zero when any artifact scores below
 
 
 class PipelineConfig(Section):

@@ -79,3 +79,10 @@ def test_valid_config_passes(cwd):
     res = facepipe(cwd, "status", "--json", "-c", "ok.yaml")
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_unknown_option_is_a_usage_error_not_a_traceback(cwd):
+    res = facepipe(cwd, "config", "validate", "--no-such-flag")
+    assert res.returncode == 2
+    assert "No such option: --no-such-flag" in res.stderr
+    assert "Traceback" not in res.stderr
