@@ -1,0 +1,1 @@
+"""Fake quantization (QuantFace-style): formulas, quantized layers, BN folding, spec, packed storage, QDQ export."""
