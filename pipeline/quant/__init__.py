@@ -1,1 +1,1 @@
-"""The quantize stage\x27s machinery: calibration / fine-tuning data (real, synthetic, inversion), PTQ, QAT, NNCF."""
+"""The quantize stage's machinery: calibration / fine-tuning data (real, synthetic, inversion), PTQ, QAT, NNCF."""
