@@ -11,7 +11,7 @@ import difflib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -94,6 +94,7 @@ class Benchmark:
     fmt: str  # "lfw" | "bin" | "ijb"
     paths: tuple[Path, ...]
     which: str | None = None
+    folds: int | None = None  # "name@N": only the first N folds (a quick check; the name keeps the suffix)
 
     @property
     def path(self) -> Path:
@@ -101,14 +102,16 @@ class Benchmark:
 
     def load(self, on_error: str = "fail"):
         """Read it: a VerificationSet (pairs) or an IJBSet (ijb)."""
-        if self.fmt == "lfw":
-            from .data.lfw import load_lfw
+        if self.fmt in ("lfw", "bin"):
+            if self.fmt == "lfw":
+                from .data.lfw import load_lfw
 
-            return load_lfw(self.path, on_error=on_error)
-        if self.fmt == "bin":
-            from .data.binfile import read_bin
+                data = load_lfw(self.path, on_error=on_error, max_folds=self.folds)
+            else:
+                from .data.binfile import read_bin
 
-            return read_bin(self.path, on_error=on_error)
+                data = read_bin(self.path, on_error=on_error)
+            return first_folds(data, self.folds) if self.folds else data
         from .data.ijb import load_ijb
 
         return load_ijb(self.path, self.which or "IJBC", on_error=on_error)
@@ -128,7 +131,21 @@ class Benchmark:
         return [self.path]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "format": self.fmt, "path": str(self.path)}
+        d = {"name": self.name, "kind": self.kind, "format": self.fmt, "path": str(self.path)}
+        return {**d, "folds": self.folds} if self.folds else d
+
+
+def first_folds(data, n: int):
+    """The pairs of the first `n` folds (in fold order) and only the images they use, re-indexed."""
+    import dataclasses
+
+    fold_ids = np.unique(data.folds)
+    keep = np.isin(data.folds, fold_ids[:n])
+    pairs = data.pairs[keep]
+    used, inverse = np.unique(pairs.ravel(), return_inverse=True)
+    return dataclasses.replace(data, name=f"{data.name}@{n}", images=np.ascontiguousarray(data.images[used]),
+                               pairs=inverse.reshape(-1, 2).astype(np.int64), issame=data.issame[keep],
+                               folds=data.folds[keep])
 
 
 def _from_source(name: str, kind: str, src: Source) -> Benchmark:
@@ -177,6 +194,13 @@ def resolve_benchmark(spec: str | os.PathLike, data_root: Path | None) -> Benchm
     Relative paths are tried from the working directory, then under data_root.
     """
     text = str(spec).strip()
+    base, at, count = text.rpartition("@")
+    if at and base and count.isdigit():
+        bench = resolve_benchmark(base, data_root)
+        if bench.kind != "pairs" or not 1 <= int(count) <= 10:
+            raise DataError(f"benchmark {text!r}: '@N' (the first N of 10 folds, N = 1..10) applies to pair "
+                            "benchmarks (LFW folders, .bin files) only")
+        return replace(bench, name=f"{bench.name}@{int(count)}", folds=int(count))
     if text.lower() in BENCHMARKS:
         return _find_named(BENCHMARKS.get(text.lower()), data_root)
     tries = [Path(text).expanduser()]

@@ -148,9 +148,11 @@ class _Aligner:
 
 
 def load_lfw(root: str | os.PathLike, pairs_file: str = "pairs.txt", on_error: str = "fail",
-             landmarks: str | os.PathLike | None = "landmarks.tsv", workers: int = 2) -> VerificationSet:
+             landmarks: str | os.PathLike | None = "landmarks.tsv", workers: int = 2,
+             max_folds: int | None = None) -> VerificationSet:
     """Aligned LFW verification set: each distinct image of the pairs read once and aligned.
 
+    max_folds: read only the pairs (and images) of the first N folds.
     landmarks: a landmarks.tsv (relative to root) or None to detect every face with YuNet. When the default
     file is absent the faces are detected. A pair whose image is missing, unreadable or faceless raises a
     DataError naming the pairs line (on_error="fail") or is dropped and counted in `skipped` ("skip").
@@ -159,6 +161,9 @@ def load_lfw(root: str | os.PathLike, pairs_file: str = "pairs.txt", on_error: s
     root = Path(root)
     pairs_path = root / pairs_file
     pairs = read_pairs(pairs_path)
+    if max_folds is not None:  # only the first folds' images are read
+        first = sorted({p.fold for p in pairs})[:max_folds]
+        pairs = [p for p in pairs if p.fold in first]
     lm, lm_base = None, root
     if landmarks is not None:
         lm_path, lm_base = root / landmarks, (root / landmarks).parent

@@ -331,3 +331,28 @@ def test_evaluate_all_resolves_before_embedding(tmp_path):
     write_ijb(tmp_path / "IJBC")
     results = evaluate_all(emb, ["ijbc", "lfw"], tmp_path)
     assert [r.summary["name"] for r in results] == ["ijbc", "lfw"]
+
+
+def test_first_folds_of_lfw_folder_and_bin(tmp_path):
+    root = write_lfw(tmp_path / "lfw", folds=3, per_half=4)
+    full = resolve_benchmark(str(root), None).load()
+    one = resolve_benchmark(f"{root}@1", None)
+    assert one.name == "lfw@1" and one.folds == 1
+    sub = one.load()
+    assert len(sub.issame) == 8 and len(np.unique(sub.folds)) == 1
+    # the subset reads only its images, and its pairs point at the same faces as the full set's first fold
+    first = full.folds == np.unique(full.folds)[0]
+    assert len(sub.images) <= len(np.unique(full.pairs[first]))
+    np.testing.assert_array_equal(sub.images[sub.pairs], full.images[full.pairs[first]])
+    np.testing.assert_array_equal(sub.issame, full.issame[first])
+
+    binf = write_bin(tmp_path / "x.bin", n_pairs=40)
+    two = resolve_benchmark(f"{binf}@2", None).load()
+    assert len(two.issame) == 8  # insightface's consecutive folds: 40 pairs / 10 * 2
+
+
+def test_first_folds_rejects_bad_counts(tmp_path):
+    root = write_lfw(tmp_path / "lfw", folds=2, per_half=2)
+    for bad in ("@0", "@11"):
+        with pytest.raises(DataError, match="first N of 10 folds"):
+            resolve_benchmark(f"{root}{bad}", None)
