@@ -25,13 +25,17 @@ ConfigOpt = typer.Option(Path("pipeline.yaml"), "--config", "-c", help="Pipeline
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set distill.lr=0.05 (repeatable).")
 
 
-def load(config: Path, overrides: Optional[list[str]]):
+PresetOpt = typer.Option(None, "--preset", help="Named overrides applied before --set: smoke (the whole chain "
+                         "in a few minutes, for CI).")
+
+
+def load(config: Path, overrides: Optional[list[str]], preset: Optional[str] = None):
     """Load the config for a command (defaults when the default pipeline.yaml is absent)."""
     from .config import load_config
 
     if config == Path("pipeline.yaml") and not config.exists():
-        return load_config(None, overrides or [])
-    return load_config(config, overrides or [])
+        return load_config(None, overrides or [], preset)
+    return load_config(config, overrides or [], preset)
 
 
 config_app = typer.Typer(help="Show or validate pipeline.yaml.", no_args_is_help=True)
@@ -39,11 +43,11 @@ app.add_typer(config_app, name="config")
 
 
 @config_app.command("show")
-def config_show(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt):
-    """Print the resolved config (file + overrides + defaults) as YAML."""
+def config_show(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt, preset: Optional[str] = PresetOpt):
+    """Print the resolved config (file + preset + overrides + defaults) as YAML."""
     from .config import dump_config
 
-    typer.echo(dump_config(load(config, set_)), nl=False)
+    typer.echo(dump_config(load(config, set_, preset)), nl=False)
 
 
 @config_app.command("validate")

@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from ..cli import ConfigOpt, SetOpt, load
+from ..cli import ConfigOpt, PresetOpt, SetOpt, load
 from ..progress import table_console
 
 
-def run_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+def run_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt, preset: Optional[str] = PresetOpt,
             from_: Optional[str] = typer.Option(None, "--from", help="Start here; forces this stage and every "
                                                 "later one up to --to."),
             to: Optional[str] = typer.Option(None, "--to", help="Stop after this stage."),
@@ -22,7 +22,7 @@ def run_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
 
     from ..runner import outcomes_table, run_pipeline
 
-    cfg = load(config, set_)
+    cfg = load(config, set_, preset)
     out = table_console()
     record: list = []
     try:
@@ -38,7 +38,7 @@ def run_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
         out.print("every stage is fresh: nothing to do", markup=False)
 
 
-def status_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+def status_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt, preset: Optional[str] = PresetOpt,
                json_out: bool = typer.Option(False, "--json", help="Print the status as JSON.")):
     """Show each stage's state (fresh / stale / never-run / disabled / unavailable) and why."""
     import json
@@ -46,7 +46,7 @@ def status_cmd(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt,
 
     from ..runner import stage_status, status_table
 
-    states = stage_status(load(config, set_))
+    states = stage_status(load(config, set_, preset))
     if json_out:
         typer.echo(json.dumps([s.to_json() for s in states], indent=2))
     else:

@@ -150,3 +150,19 @@ def test_section_dump_is_json_ready():
     sec = load_config(None, ["teacher.preprocess.mean=[0.5, 0.5, 0.5]"]).section("teacher")
     assert sec["preprocess"]["mean"] == [0.5, 0.5, 0.5] and sec["flip"] is False
     assert isinstance(load_config(None).section("run")["dir"], str)
+
+
+def test_smoke_preset_applies_before_user_overrides():
+    from facepipe.pipeline.config import PRESETS, load_config
+
+    cfg = load_config(None, ["distill.steps=4"], preset="smoke")
+    assert cfg.run.name == "smoke" and cfg.data.benchmarks == ["lfw@1"]
+    assert cfg.distill.steps == 4  # the user's --set wins over the preset
+    assert all("=" in o for o in PRESETS["smoke"])
+
+
+def test_unknown_preset_suggests():
+    from facepipe.pipeline.config import load_config
+
+    with pytest.raises(ConfigError, match=r"unknown preset 'smok' \(did you mean 'smoke'\?\)"):
+        load_config(None, [], preset="smok")
