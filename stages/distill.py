@@ -49,6 +49,8 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     from facepipe.pipeline.benchmarks import resolve_benchmark
     from facepipe.pipeline.evaluation import benchmark_inputs
 
+    if cfg.data_free():  # training and held-out faces come from the teacher stage (pipeline/datafree.py)
+        return {}
     inputs = {"data.train": train_path(cfg)}
     specs = eval_specs(cfg)
     root = cfg.data_root(required=False) if specs else None
@@ -159,11 +161,13 @@ def build_trainer(job: dict, env, device):
         torch.set_num_threads(cfg.run.threads)
     say = (lambda m: console.print(m)) if env.is_main else (lambda m: None)
 
-    source = open_face_source(train_path(cfg), on_error=cfg.data.on_error)
-    labels = read_labels(source, where=f"training set {train_path(cfg)}")
+    generated = inputs.get("teacher.generated_train")
+    train = Path(generated) if generated else train_path(cfg)
+    source = open_face_source(train, on_error=cfg.data.on_error)
+    labels = read_labels(source, where=f"training set {train}")
     cache = open_teacher_cache(inputs)
     if cache is not None and cache.n != len(source):
-        raise ModelError(f"teacher cache {cache.path} holds {cache.n} embeddings but {train_path(cfg)} has "
+        raise ModelError(f"teacher cache {cache.path} holds {cache.n} embeddings but {train} has "
                          f"{len(source)} faces: re-run the teacher stage")
     choice = choose_teacher_mode(d.teacher_mode, d.augment, cache is not None,
                                  cache is not None and cache.flipped is not None)
@@ -193,6 +197,17 @@ def build_trainer(job: dict, env, device):
 
     specs = eval_specs(cfg)
     evaluator = None
+    best_metric = d.best_metric if specs else None
+    if generated:
+        import numpy as np
+
+        from facepipe.pipeline.datafree import NOTE, AgreementEvaluator
+
+        say(f"distill: {NOTE}")
+        specs, best_metric = [], "agreement_cosine"
+        evaluator = AgreementEvaluator(np.load(inputs["teacher.generated_eval"]),
+                                       np.load(inputs["teacher.generated_eval_teacher"]),
+                                       batch_size=cfg.data.batch_size, device=str(device))
     if specs:
         evaluator = StudentEvaluator(specs, cfg.data_root(required=False), flip=cfg.teacher.flip,
                                      batch_size=cfg.data.batch_size, on_error=cfg.data.on_error, device=str(device))
@@ -209,7 +224,7 @@ def build_trainer(job: dict, env, device):
             "losses": [t.model_dump(mode="json") for t in d.losses]}
     trainer = Trainer(d, student, loss, source, out_dir=Path(job["out_dir"]), identity=identity, seed=cfg.run.seed,
                       targets=targets, labels=labels, env=env, device=device,
-                      evaluator=evaluator if env.is_main else None, best_metric=d.best_metric if specs else None,
+                      evaluator=evaluator if env.is_main else None, best_metric=best_metric,
                       student_meta=meta, log=say)
     trainer.student_meta["fingerprint"] = trainer.fingerprint
     trainer.info = {"teacher_mode": choice.mode, "teacher_mode_reason": choice.reason}
@@ -219,5 +234,6 @@ def build_trainer(job: dict, env, device):
 SPEC = register_stage(StageSpec(
     name="distill", run=run, after=("teacher",),
     sections=("distill", "data.train", "data.on_error", "data.root", "data.benchmarks", "data.batch_size",
+              "data.generated", "data.generated_eval",
               "teacher", "run.seed", "run.device"),
     external_inputs=external_inputs, code=CODE))

@@ -32,6 +32,8 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
 
     source = resolve_teacher(cfg.teacher, cfg.base_dir)
     inputs = {f"teacher.{p.name}": p for p in source.files}
+    if cfg.data_free():
+        return inputs
     root = cfg.data_root(required=bool(cfg.teacher.check) or cfg.teacher.cache)
     for spec in cfg.teacher.check:
         inputs.update({f"bench.{k}": v for k, v in benchmark_inputs(resolve_benchmark(spec, root)).items()})
@@ -57,6 +59,10 @@ def run(ctx: StageContext) -> StageResult:
     outputs["card"] = atomic_write_json(ctx.output_path("teacher.json"), card)
 
     metrics: dict = {"embedding_size": embedder.dim}
+    if cfg.data_free():
+        outputs.update(_generated_faces(ctx, source, embedder))
+        metrics.update(data_free=True, generated_faces=cfg.data.generated, generated_eval=cfg.data.generated_eval)
+        return StageResult(outputs=outputs, metrics=metrics)
     if cfg.teacher.check:
         results = evaluate_model(source, embedder, cfg.teacher.check, cfg.data_root(), flip=cfg.teacher.flip,
                                  batch_size=cfg.data.batch_size, on_error=cfg.data.on_error,
@@ -86,6 +92,41 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(outputs=outputs, metrics=metrics)
 
 
+def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
+    """Data-free mode: DCGAN training faces (+ the teacher's cached embeddings of them) and held-out faces with
+    the teacher's embeddings, for distillation scored by agreement (pipeline/datafree.py)."""
+    import numpy as np
+
+    from facepipe.pipeline import datafree
+    from facepipe.pipeline.cache import open_or_build
+    from facepipe.pipeline.data.imagefolder import open_face_source
+    from facepipe.pipeline.evaluation import embeddings_cache_dir
+    from facepipe.pipeline.io import atomic_path
+    from facepipe.pipeline.progress import console
+    from facepipe.pipeline.quant.dcgan import dcgan_faces
+
+    cfg = ctx.config
+    console.print(f"[yellow]{datafree.NOTE}[/]")
+    train_dir = ctx.output_path(datafree.TRAIN_DIR)
+    datafree.write_generated_set(train_dir, cfg.data.generated, seed=cfg.run.seed)
+    held_out, _ = dcgan_faces(cfg.data.generated_eval, seed=cfg.run.seed + 1_000_003)
+    teacher_emb = embedder.embed(held_out, batch_size=cfg.data.batch_size, flip=cfg.teacher.flip)
+    outputs: dict[str, Path] = {"generated_train": train_dir}
+    for role, rel, arr in (("generated_eval", datafree.EVAL_FACES, held_out),
+                           ("generated_eval_teacher", datafree.EVAL_TEACHER, teacher_emb)):
+        with atomic_path(ctx.output_path(rel), suffix=".npy") as tmp:
+            np.save(tmp, arr)
+        outputs[role] = ctx.output_path(rel)
+    if cfg.teacher.cache:
+        faces = open_face_source(train_dir, on_error="fail")
+        shared, _ = open_or_build(source, faces, embeddings_cache_dir(), flip=cfg.teacher.flip,
+                                  batch_size=cfg.data.batch_size, embedder=embedder)
+        cache = shared.copy_to(ctx.output_path("cache"))
+        outputs["cache"], outputs["cache_meta"] = cache.path, cache.path.with_suffix(".json")
+    return outputs
+
+
 SPEC = register_stage(StageSpec(
-    name="teacher", run=run, sections=("teacher", "data.train", "data.on_error", "data.root"),
+    name="teacher", run=run, sections=("teacher", "data.train", "data.on_error", "data.root", "data.generated",
+                                       "data.generated_eval", "run.seed"),
     external_inputs=external_inputs, code=CODE))
