@@ -1,0 +1,252 @@
+"""BN folding, QuantizedModel (levels, calibration, spec, rebuild) and the errors for unsupported models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from facepipe.models.quant import ActQuantizer, QConv2d, QLinear, QuantizedModel, fold_batchnorm, prepare_quantized
+from facepipe.models.registry import build_model
+from facepipe.pipeline.errors import ConfigError, DataError, ModelError
+from torch import nn
+
+
+def _images(n: int, g: torch.Generator) -> torch.Tensor:
+    """Smooth random images in [-1, 1] (low-frequency noise, closer to faces than white noise)."""
+    z = torch.rand(n, 3, 14, 14, generator=g) * 2 - 1
+    return nn.functional.interpolate(z, size=112, mode="bilinear", align_corners=False)
+
+
+def trained_like_mfn() -> nn.Module:
+    """MobileFaceNet-128 with real BN statistics and small residual branches, like a trained network.
+
+    Pure random init is chaotic: one LSB of difference grows layer by layer, which says nothing about
+    quantization. Trained residual nets keep their residual branches small; we scale the projection BNs.
+    """
+    torch.manual_seed(0)
+    m = build_model("mobilefacenet", embedding_size=128)
+    for mod in m.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.momentum = None
+    m.train()
+    with torch.no_grad():
+        m(_images(8, torch.Generator().manual_seed(1)))
+        for name, mod in m.named_modules():
+            if name.endswith("project"):
+                mod.bn.weight.mul_(0.2)
+                mod.bn.bias.uniform_(-0.1, 0.1)
+    return m.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return trained_like_mfn()
+
+
+@pytest.fixture(scope="module")
+def batches():
+    g = torch.Generator().manual_seed(2)
+    return [_images(2, g) for _ in range(2)]
+
+
+def _calibrated(net, batches, wbits, abits):
+    q = prepare_quantized(net, wbits, abits)
+    q.calibrate(batches)
+    q.freeze_activations()
+    return q.eval()
+
+
+@pytest.fixture(scope="module")
+def q6(net, batches):
+    return _calibrated(net, batches, 6, 6)
+
+
+def _cos(a, b):
+    return nn.functional.cosine_similarity(a, b, dim=1)
+
+
+def test_folded_graph_matches_the_unfolded_eval_model(net):
+    gm = fold_batchnorm(net)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in gm.modules())
+    assert any(isinstance(m, nn.BatchNorm1d) for m in net.modules())  # the input model is untouched
+    x = _images(2, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(gm(x), net(x), atol=1e-4)
+
+
+def test_w6a6_holds_at_most_64_levels_everywhere(q6, batches):
+    assert len(q6.quant_layers()) == 50
+    levels = q6.levels_per_channel()
+    assert max(max(v) for v in levels.values()) <= 64
+    assert max(levels["conv_6_sep.conv"]) > 32  # 1x1 convs with 128 inputs do use most of the levels
+    for name, codes in q6.weight_codes().items():
+        assert codes.dtype == torch.int8 and codes.min() >= -32 and codes.max() <= 31, name
+    outs = []
+    hooks = [a.register_forward_hook(lambda m, i, o: outs.append(o)) for a in q6.act_quantizers()]
+    with torch.no_grad():
+        q6(batches[0])
+    for h in hooks:
+        h.remove()
+    assert len(outs) == 50
+    assert all(torch.unique(o).numel() <= 64 for o in outs)
+
+
+def test_w8a8_stays_close_to_float(net, batches):
+    q = _calibrated(net, batches, 8, 8)
+    x = _images(2, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        cos = _cos(q(x), net(x))
+    assert cos.min() > 0.99
+
+
+def test_calibration_averages_batches_and_freezing_holds_the_range():
+    a = ActQuantizer(8)
+    a.calibrating = True
+    for lo, hi in [(-1.0, 1.0), (-3.0, 2.0), (-2.0, 6.0)]:
+        assert torch.equal(a(torch.tensor([lo, hi])), torch.tensor([lo, hi]))  # observe only
+    assert a.min_val.item() == pytest.approx(-2.0) and a.max_val.item() == pytest.approx(3.0)
+    a.calibrating = False
+    a(torch.tensor([-100.0, 100.0]))  # observing: EMA with momentum 0.1
+    assert a.max_val.item() == pytest.approx(0.9 * 3 + 0.1 * 100)
+    a.frozen.fill_(True)
+    y = a(torch.tensor([-1000.0, 1000.0]))
+    assert a.max_val.item() == pytest.approx(12.7) and y.max().item() <= 12.7 + 1e-5
+
+
+def test_calibrate_leaves_quantization_on_and_observing_off(net, batches):
+    q = prepare_quantized(net, 8, 8)
+    assert q.calibrate(iter(batches[:1])) == 1
+    x = batches[1][:1] * 10
+    before = [a.max_val.clone() for a in q.act_quantizers()]
+    with torch.no_grad():
+        q(x)
+    assert all(torch.equal(b, a.max_val) for b, a in zip(before, q.act_quantizers()))
+    assert not any(bool(a.frozen) for a in q.act_quantizers())
+    q.set_observing(True)
+    with torch.no_grad():
+        q(x)
+    assert not torch.equal(before[0], q.act_quantizers()[0].max_val)
+
+
+def test_calibrate_and_freeze_errors(net):
+    q = prepare_quantized(net, 8, 8)
+    with pytest.raises(ModelError, match="conv1.conv has no range yet"):
+        q.freeze_activations()
+    with pytest.raises(DataError, match="no batches"):
+        q.calibrate([])
+    with pytest.raises(DataError, match=r"float tensors \(N, C, H, W\)"):
+        q.calibrate([torch.zeros(3, 112, 112, dtype=torch.uint8)])
+
+
+def test_spec_is_json_and_complete(q6):
+    spec = json.loads(json.dumps(q6.spec()))
+    settings = spec["settings"]
+    assert {k: settings[k] for k in ("wbits", "abits", "weight_symmetric", "act_symmetric", "bn")} == \
+        {"wbits": 6, "abits": 6, "weight_symmetric": True, "act_symmetric": False, "bn": "folded"}
+    assert "PReLU" in settings["placement"] and spec["arch"] == "mobilefacenet"
+    first = spec["layers"][0]
+    assert first["name"] == "conv1.conv" and first["kind"] == "conv2d"
+    assert len(first["weight"]["scale"]) == 64 and set(first["weight"]["zero_point"]) == {0}
+    assert first["weight"]["axis"] == 0 and len(first["weight"]["min"]) == 64
+    assert first["input"]["frozen"] is True and -32 <= -first["input"]["zero_point"] <= 31
+    assert spec["layers"][-1]["kind"] == "linear"
+
+
+def test_rebuild_from_registry_and_state_dict(q6, batches):
+    fresh = prepare_quantized(build_model("mobilefacenet", embedding_size=128), 6, 6)
+    fresh.load_state_dict(q6.state_dict(), strict=True)
+    fresh.eval()
+    x = batches[1][:1]
+    with torch.no_grad():
+        assert torch.equal(fresh(x), q6(x))
+
+
+def test_qat_gradients_reach_weights_and_ranges_follow_an_ema():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.PReLU(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    q = prepare_quantized(m.eval(), 4, 8, act_symmetric=True).train()
+    x = torch.randn(4, 3, 8, 8)
+    q(x).pow(2).sum().backward()  # observing by default: the first batch initialises the ranges
+    assert all(layer.weight.grad is not None for layer in q.quant_layers().values())
+    first = q.act_quantizers()[0]
+    assert first.max_val.item() == pytest.approx(x.max().item())
+    q(x * 2)
+    assert first.max_val.item() == pytest.approx(1.1 * x.max().item())
+    assert q.spec()["layers"][0]["input"]["zero_point"] == 0  # symmetric activations
+
+
+def test_bits_outside_2_to_8_are_config_errors(net):
+    with pytest.raises(ConfigError, match=r"wbits=9 is not supported: use 2\.\.8"):
+        prepare_quantized(net, 9, 8)
+    with pytest.raises(ConfigError, match=r"abits=1 is not supported"):
+        prepare_quantized(net, 8, 1)
+
+
+class _WithLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.rnn = nn.LSTM(4, 4)
+
+    def forward(self, x):
+        return self.rnn(self.fc(x))[0]
+
+
+class _BNAfterAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.conv(x) + x)
+
+
+class _Dynamic(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x) if x.sum() > 0 else x
+
+
+def test_unsupported_layer_is_named_with_the_supported_list():
+    with pytest.raises(ModelError, match=r"layer 'rnn' \(LSTM\) is not supported.*supported layers: Conv2d"):
+        prepare_quantized(_WithLSTM(), 8, 8)
+
+
+def test_batchnorm_after_add_cannot_be_folded():
+    with pytest.raises(ModelError, match=r"BatchNorm layer 'bn' \(BatchNorm2d\) follows 'add'"):
+        fold_batchnorm(_BNAfterAdd())
+
+
+def test_untraceable_model_is_a_model_error():
+    with pytest.raises(ModelError, match="cannot be traced by torch.fx"):
+        prepare_quantized(_Dynamic(), 8, 8)
+
+
+def test_iresnet_prebn_is_rejected():
+    with pytest.raises(ModelError, match="BatchNorm layer '.*' \\(BatchNorm2d\\) follows"):
+        prepare_quantized(build_model("iresnet18", embedding_size=8), 8, 8)
+
+
+def test_small_custom_model_gets_quantized_layers():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5),
+                      nn.BatchNorm1d(5, affine=False)).eval()
+    q = prepare_quantized(m, 8, 8)
+    assert isinstance(q, QuantizedModel) and q.arch is None
+    kinds = [type(layer) for layer in q.quant_layers().values()]
+    assert kinds == [QConv2d, QLinear]
+    x = torch.randn(4, 3, 8, 8)
+    q.calibrate([x])
+    with torch.no_grad():
+        assert _cos(q(x), m(x)).min() > 0.99

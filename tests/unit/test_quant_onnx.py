@@ -1,0 +1,136 @@
+"""QDQ ONNX export: graph structure, int8 weight codes, and parity with the torch model in ORT and OpenVINO."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from facepipe.models.quant import export_qdq_onnx, prepare_quantized
+from facepipe.models.registry import build_model
+from facepipe.pipeline.errors import ConfigError, ModelError
+from onnx import numpy_helper
+from torch import nn
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    z = torch.rand(n, 3, 14, 14, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return nn.functional.interpolate(z, size=112, mode="bilinear", align_corners=False)
+
+
+def _trained_like_mfn() -> nn.Module:
+    """Real BN statistics and small residual branches (see test_quant_model.trained_like_mfn for why)."""
+    torch.manual_seed(0)
+    m = build_model("mobilefacenet", embedding_size=128)
+    for mod in m.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.momentum = None
+    m.train()
+    with torch.no_grad():
+        m(_images(8, 1))
+        for name, mod in m.named_modules():
+            if name.endswith("project"):
+                mod.bn.weight.mul_(0.2)
+                mod.bn.bias.uniform_(-0.1, 0.1)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def net():
+    return _trained_like_mfn()
+
+
+def _export(net, bits, tmp_path_factory):
+    q = prepare_quantized(net, bits, bits)
+    q.calibrate([_images(2, 2), _images(2, 3)])
+    q.freeze_activations()
+    q.eval()
+    path = export_qdq_onnx(q, tmp_path_factory.mktemp(f"w{bits}") / "student_q.onnx")
+    return q, path
+
+
+@pytest.fixture(scope="module", params=[8, 6], ids=["w8a8", "w6a6"])
+def exported(request, net, tmp_path_factory):
+    return _export(net, request.param, tmp_path_factory)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_graph_is_valid_qdq(exported):
+    q, path = exported
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["embedding"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == 50  # activations only: weight Q nodes became int8 initializers
+    assert ops.count("DequantizeLinear") == 100
+    assert ops.count("Clip") == (50 if q.abits < 8 else 0)
+    assert "BatchNormalization" not in ops and not model.metadata_props
+
+
+def test_weight_initializers_are_the_int8_codes(exported):
+    q, path = exported
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts = {**inits, **{n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+                          for n in model.graph.node if n.op_type == "Constant"}}
+    codes = q.weight_codes()
+    lo, hi = -(2 ** (q.wbits - 1)), 2 ** (q.wbits - 1) - 1
+    for name, c in codes.items():
+        arr = inits[f"net.{name}.weight_quantized"]
+        assert arr.dtype == np.int8 and np.array_equal(arr, c.numpy()), name
+        assert arr.min() >= lo and arr.max() <= hi
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            assert [a.i for a in node.attribute if a.name == "axis"] == [0]
+            assert not consts[node.input[2]].any()  # symmetric weights: zero point 0 (s8s8)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnxruntime_matches_torch(exported, batch):
+    q, path = exported
+    x = _images(batch, 10 + batch)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = q(x).numpy()
+    assert out.shape == (batch, 128)
+    assert _cos(out, ref).min() >= 0.999
+
+
+def test_openvino_loads_and_matches(exported):
+    ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install facepipe[openvino])")
+    q, path = exported
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    x = _images(2, 20)
+    out = compiled(x.numpy())[0]
+    with torch.no_grad():
+        ref = q(x).numpy()
+    assert _cos(out, ref).min() >= 0.999
+
+
+def test_export_needs_calibrated_ranges_and_a_qdq_opset(net, tmp_path):
+    q = prepare_quantized(net, 8, 8)
+    with pytest.raises(ModelError, match="has no range yet"):
+        export_qdq_onnx(q, tmp_path / "a.onnx")
+    with pytest.raises(ConfigError, match="opset=11 is not supported"):
+        export_qdq_onnx(q, tmp_path / "a.onnx", opset=11)
+    assert not (tmp_path / "a.onnx").exists()
+    assert all(layer.input_quant.export_hook is None for layer in q.quant_layers().values())
