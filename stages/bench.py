@@ -1,0 +1,55 @@
+"""Bench stage: latency, memory and accuracy of the student in every bench.formats format, each through its
+own runtime, on bench.device.
+
+Artifacts: torch -> the distill stage's student.pt, every other format -> the export stage's output of that
+role; a requested format that was not exported gets a "missing" row. Outputs (runs/<run>/bench/): bench.json,
+report.md, accuracy_vs_latency.png, roc.png. Floors (bench.floors) are checked after the reports are
+written; a miss fails the stage (no manifest), so the next run measures again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from facepipe.pipeline.config import PipelineConfig
+from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
+
+CODE = ("facepipe.pipeline.bench.suite", "facepipe.pipeline.bench.latency", "facepipe.pipeline.bench.probe",
+        "facepipe.pipeline.bench.accuracy", "facepipe.pipeline.bench.gate", "facepipe.export.artifacts",
+        "facepipe.pipeline.bench.jetson", "facepipe.pipeline.bench.report", "facepipe.pipeline.evaluation",
+        "facepipe.pipeline.benchmarks", "facepipe.pipeline.metrics", "facepipe.pipeline.embedder")
+
+
+def artifact_inputs(cfg: PipelineConfig, inputs: dict[str, Path]) -> dict[str, Path | None]:
+    """bench.formats key -> its artifact among the stage inputs (None when it was not produced)."""
+    return {key: inputs.get("distill.student" if key == "torch" else f"export.{key}") for key in cfg.bench.formats}
+
+
+def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
+    """The benchmarks' files (the artifacts come from the upstream manifests)."""
+    from facepipe.pipeline.benchmarks import resolve_benchmark
+    from facepipe.pipeline.evaluation import benchmark_inputs
+
+    specs = list(cfg.data.benchmarks if cfg.bench.benchmarks is None else cfg.bench.benchmarks)
+    root = cfg.data_root(required=False) if specs else None
+    inputs: dict[str, Path] = {}
+    for spec in specs:
+        inputs.update({f"bench.{k}": v for k, v in benchmark_inputs(resolve_benchmark(spec, root)).items()})
+    return inputs
+
+
+def run(ctx: StageContext) -> StageResult:
+    from facepipe.pipeline.bench import gate
+    from facepipe.pipeline.bench.suite import BenchSettings, bench_artifacts, invocation, stage_metrics
+    from facepipe.pipeline.evaluation import embeddings_cache_dir
+
+    cfg = ctx.config
+    settings = BenchSettings.from_config(cfg, cache_dir=embeddings_cache_dir())
+    outcome = bench_artifacts(artifact_inputs(cfg, ctx.inputs), settings, ctx.stage_dir, command=invocation())
+    gate.enforce(outcome.misses, str(outcome.files["markdown"]))
+    return StageResult(outputs=dict(outcome.files), metrics=stage_metrics(outcome.rows, settings.batch_sizes))
+
+
+SPEC = register_stage(StageSpec(
+    name="bench", run=run, sections=("bench", "data.benchmarks", "data.root", "data.on_error"),
+    after=("distill", "export"), external_inputs=external_inputs, code=CODE))
