@@ -27,3 +27,7 @@ class BackendUnavailable(FacepipeError):
 
 class StageError(FacepipeError):
     """A stage cannot run (missing upstream output, stage not available, ...)."""
+
+
+class ParityError(ModelError):
+    """An exported artifact's embeddings differ from its reference model's beyond the format's tolerance."""
