@@ -1,10 +1,20 @@
 """QDQ ONNX export of a QuantizedModel: every quantizer becomes QuantizeLinear -> DequantizeLinear.
 
-Activations: per tensor, int8 zero point (-z), preceded by a Clip to the b-bit range when b < 8 so the
-runtime keeps exactly 2^b levels. Weights: per output channel (axis 0); after export each weight's
-QuantizeLinear on a constant is replaced by an int8 initializer (the codes, computed with numpy) feeding
-DequantizeLinear. Symmetric weights have zero point 0 (s8 weights, as TensorRT requires). Biases stay
-float: quantizing them to int32 would round them and break parity with the torch model.
+Activations: per tensor, preceded by a Clip to the b-bit range when b < 8 so the runtime keeps exactly 2^b
+levels. 8-bit activations use an int8 zero point (-z); sub-8-bit ones a small even uint8 zero point (the b-bit
+codes at the bottom of the uint8 range; same values in ORT, better OpenVINO parity: see _act_zero_point).
+Weights: per output channel (axis 0); after export each weight's QuantizeLinear on a constant is replaced by an
+int8 initializer (the codes, computed with numpy) feeding DequantizeLinear. Symmetric weights have zero point 0
+(s8 weights, as TensorRT requires). Biases stay float: quantizing them to int32 would round them and break
+parity with the torch model.
+
+Known OpenVINO limitation (2026.4, CPU): its FakeQuantize computes round(x * isc + ish) with
+isc = (levels - 1) / (input_high - input_low) derived from the bounds, not round(x / s). The product differs from
+torch's x / s in the last float32 bit, so inputs lying exactly on a rounding boundary (x / s = k + 1/2) can round
+the other way; no choice of ONNX scale / zero point reproduces torch on every such value. Real face images
+preprocessed as (p - 127.5) / 127.5 hit such ties for a few pixel values (4 bits: p = 136 + 17k when the input
+range is [-1, 1]), so at 4 bits OpenVINO still disagrees with torch on real images (min cosine ~0.91 on a
+MobileFaceNet student) while it agrees on tie-free inputs (~0.97 min / 0.996 mean); 6 and 8 bits are close.
 """
 
 from __future__ import annotations
@@ -32,6 +42,32 @@ def _clip_bounds(scale: np.ndarray, zp: np.ndarray, bits: int) -> tuple[np.ndarr
     lo, hi = qrange(bits)
     z = -zp.astype(np.float32)
     return scale * (np.float32(lo) + z), scale * (np.float32(hi) + z)
+
+
+def _act_zero_point(zp: int, bits: int) -> np.ndarray:
+    """uint8 zero point for a sub-8-bit activation whose int8 (ONNX) zero point is `zp`.
+
+    Same values as the int8 form (ORT output is unchanged: the Clip in front keeps the codes in a 2^b range),
+    but expressed so OpenVINO rounds much closer to torch. Why: OpenVINO turns Q -> DQ into a
+    FakeQuantize with levels=256 over [s*(qmin8 - zp), s*(qmax8 - zp)] and the CPU plugin evaluates it as
+    round(x * isc + ish) (fused into the previous int8 Convolution as a oneDNN quantization post-op, the Clip
+    merged into its crop bounds), with ish = -input_low * isc = (zero point of the u8 code range). With int8
+    zero points ish = 128 + zp ~ 120..136, so x * isc + ish is computed with float32 spacing ulp(128) ~ 1.5e-5
+    of a step, 16x coarser than torch's round(x / s): values within ~1e-5 step of a rounding boundary land on
+    the other side. At 8 bits such a flip is a 1/255 error and harmless; at 4 bits it is 1/15 of the range and
+    the flips cascade through ~50 quantized layers (per-layer flip rate grows from ~1e-4 at the input to ~40%
+    of the final activations on a MobileFaceNet), so OpenVINO drifts far from torch although every single
+    layer in isolation matches. With a uint8 zero point zu = zp - qmin (codes 0 .. 2^b - 1) ish is a small
+    integer (< 2^b + 1) and the FakeQuantize argument keeps float32 precision comparable to x / s. zu is also
+    made even, because the rounding is half-to-even on x * isc + zu: an odd offset would flip the parity
+    of exact ties (x / s = k + 1/2, which real pixels hit at the network input). That halves, but does not
+    remove, the tie mismatches (see the module docstring). The b-bit codes then start at uint8 code 0 or 1 and
+    stay within 0..255 (zu <= 2^b <= 128).
+    """
+    lo, _ = qrange(bits)
+    zu = zp - lo
+    zu += zu % 2
+    return np.asarray(zu, np.uint8)
 
 
 class _QDQ(torch.autograd.Function):
@@ -62,6 +98,8 @@ class _QDQ(torch.autograd.Function):
                 bshape = [-1] + [1] * (rank - 1)
                 x = g.op("Max", g.op("Min", x, const(hi.reshape(bshape))), const(lo.reshape(bshape)))
         kw = {} if axis is None else {"axis_i": axis}
+        if axis is None and bits < 8:
+            zp = _act_zero_point(int(zp), bits)
         q = g.op("QuantizeLinear", x, const(s), const(zp), **kw)
         return g.op("DequantizeLinear", q, const(s), const(zp), **kw)
 

@@ -134,3 +134,36 @@ def test_export_needs_calibrated_ranges_and_a_qdq_opset(net, tmp_path):
         export_qdq_onnx(q, tmp_path / "a.onnx", opset=11)
     assert not (tmp_path / "a.onnx").exists()
     assert all(layer.input_quant.export_hook is None for layer in q.quant_layers().values())
+
+
+def test_sub8bit_activation_zero_points_are_small_even_uint8(exported):
+    """b < 8: uint8 zero point zu (even, <= 2^b) so OpenVINO's FakeQuantize rounds like torch (see onnx_qdq)."""
+    q, path = exported
+    model = onnx.load(str(path))
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+              for n in model.graph.node if n.op_type == "Constant"}
+    zps = [consts[n.input[2]] for n in model.graph.node
+           if n.op_type == "QuantizeLinear" and consts[n.input[1]].size == 1]
+    assert len(zps) == 50
+    if q.abits == 8:
+        assert all(z.dtype == np.int8 for z in zps)
+    else:
+        assert all(z.dtype == np.uint8 and int(z.ravel()[0]) % 2 == 0 and int(z.ravel()[0]) <= 2 ** q.abits
+                   for z in zps)
+
+
+def test_openvino_matches_torch_at_w4a4(net, tmp_path_factory):
+    """Regression: with int8 zero points OpenVINO drifted from torch at 4 bits (min cosine ~0.985 here, 0.92 on
+    a real student); the uint8 small-offset form keeps it close. 4-bit parity is chaotic (one rounding flip
+    cascades), so the bound is looser than the 8-bit one."""
+    ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install facepipe[openvino])")
+    q, path = _export(net, 4, tmp_path_factory)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    x = torch.cat([_images(4, 20), _images(4, 21)])
+    out = compiled(x.numpy())[0]
+    with torch.no_grad():
+        ref = q(x).numpy()
+    c = _cos(out, ref)
+    assert c.min() >= 0.98 and c.mean() >= 0.995, c  # margin: 4-bit parity is chaotic across CPUs
