@@ -74,14 +74,18 @@ def env_cmd(json_out: Optional[Path] = typer.Option(None, "--json", help="Also w
 
 
 def _add_command_modules() -> None:
+    from .commands import bench as bench_cmds
     from .commands import data as data_cmds
     from .commands import distill as distill_cmds
     from .commands import eval as eval_cmds
+    from .commands import export as export_cmds
     from .commands import models as models_cmds
+    from .commands import quantize as quantize_cmds
     from .commands import run as run_cmds
     from .commands import teacher as teacher_cmds
 
-    for mod in (run_cmds, data_cmds, teacher_cmds, distill_cmds, eval_cmds, models_cmds):
+    for mod in (run_cmds, data_cmds, teacher_cmds, distill_cmds, quantize_cmds, export_cmds, eval_cmds, models_cmds,
+                bench_cmds):
         mod.register(app)
 
 

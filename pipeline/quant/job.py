@@ -1,0 +1,214 @@
+"""One quantization run, shared by the quantize stage and `facepipe quantize --student ... --out ...`:
+load the fp32 student, get the faces, PTQ (+ QAT), write the artifacts, measure, report.
+
+Outputs in out_dir (backend own): qstudent.pt (save_quantized) + quant_spec.json, qstudent.w<B>.fpq (packed
+weights), metrics.json, faces.png (a grid of the calibration faces). Backend nncf: qstudent.int8.onnx (QDQ),
+metrics.json, faces.png. A QAT checkpoint lives in checkpoints/last.pt until the run finishes.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import PipelineConfig
+from ..errors import ConfigError
+from ..io import atomic_write_json
+
+SPEC_FILE = "quant_spec.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT = "checkpoints/last.pt"
+COSINE_FACES = 512  # calibration faces compared with fp32 when no benchmark is available
+NEUTRAL_KEYS = ("enabled", "benchmarks")  # quantize keys that do not change the trained weights
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    """Combinations the field validators cannot see (raised before any work)."""
+    q = cfg.quantize
+    if q.backend == "nncf" and (q.wbits, q.abits) != (8, 8):
+        raise ConfigError(f"quantize.backend=nncf supports 8-bit weights and activations only (got "
+                          f"wbits={q.wbits}, abits={q.abits}): use quantize.backend=own for other bit widths")
+
+
+def benchmark_specs(cfg: PipelineConfig) -> list[str]:
+    q = cfg.quantize
+    return list(cfg.data.benchmarks if q.benchmarks is None else q.benchmarks)
+
+
+def accuracy_plan(cfg: PipelineConfig) -> tuple[list[str], Path | None, str | None]:
+    """(benchmark specs to score, data root, note when accuracy is skipped)."""
+    specs = benchmark_specs(cfg)
+    if not specs:
+        return [], None, "no benchmark configured (quantize.benchmarks / data.benchmarks): cosine only"
+    root = cfg.data_root(required=False)
+    if root is None and all(not Path(s).expanduser().exists() for s in specs):
+        return [], None, ("no data root (data.root / $FACEPIPE_DATA): benchmarks "
+                          f"{', '.join(specs)} skipped, cosine to fp32 on the calibration faces only")
+    return specs, root, None
+
+
+def identity(cfg: PipelineConfig, student_sha: str, faces: np.ndarray) -> dict:
+    """What a QAT checkpoint must match to be resumed."""
+    from ..evaluation import faces_fingerprint
+
+    q = {k: v for k, v in cfg.section("quantize").items() if k not in NEUTRAL_KEYS}
+    return {"quantize": q, "student": student_sha, "faces": faces_fingerprint(faces), "seed": cfg.run.seed}
+
+
+def quantize_models(cfg: PipelineConfig, student, faces: np.ndarray, ckpt) -> tuple[Any, Any, Any]:
+    """(PTQ model, QAT model or None, QatReport or None) for the configured backend and mode."""
+    from .qat import calibrated, run_qat
+
+    q = cfg.quantize
+    if q.backend == "nncf":
+        from .nncf_backend import nncf_ptq
+
+        ptq = nncf_ptq(student, faces, calib_images=q.calib_images, batch_size=q.batch_size)
+        start = copy.deepcopy(ptq)
+    else:
+        start = calibrated(student, faces, q.wbits, q.abits, calib_images=q.calib_images, batch_size=q.batch_size,
+                           weight_symmetric=q.weight_symmetric, act_symmetric=q.act_symmetric)
+        ptq = copy.deepcopy(start)
+        ptq.freeze_activations()
+    if q.mode != "qat" or q.steps == 0:
+        return ptq.eval(), None, None
+    report = run_qat(start, student, faces, steps=q.steps, batch_size=q.batch_size, lr=q.lr,
+                     weight_decay=q.weight_decay, freeze_after=q.freeze_after, seed=cfg.run.seed, checkpoint=ckpt,
+                     observers=q.backend == "own")
+    return ptq.eval(), start.eval(), report
+
+
+def write_artifacts(cfg: PipelineConfig, final, student, meta: dict, out_dir: Path) -> dict[str, Path]:
+    """qstudent.pt + quant_spec.json + qstudent.w<B>.fpq (own backend), or the int8 QDQ ONNX (nncf)."""
+    q = cfg.quantize
+    if q.backend == "nncf":
+        from .nncf_backend import export_int8_onnx
+
+        return {"onnx_int8": export_int8_onnx(final, out_dir / "qstudent.int8.onnx", student, meta)}
+    from facepipe.models.quant import save_quantized, write_packed
+
+    files = {"qstudent": save_quantized(out_dir / "qstudent.pt", final, meta), "spec": out_dir / SPEC_FILE,
+             "packed": out_dir / f"qstudent.w{q.wbits}.fpq"}
+    write_packed(files["packed"], final)
+    return files
+
+
+def measure(cfg: PipelineConfig, student, models: dict, faceset) -> tuple[dict, dict]:
+    """(accuracy per model and benchmark, cosine to fp32 per model) - see accuracy_plan for what is scored."""
+    from .report import Fp32Source, cosine_stats, embed, evaluate_models
+
+    specs, root, _ = accuracy_plan(cfg)
+    accuracy, cosines = {}, None
+    if specs:
+        accuracy, cosines = evaluate_models(models, student.preprocess, specs, root, flip=cfg.teacher.flip,
+                                            batch_size=cfg.data.batch_size, on_error=cfg.data.on_error,
+                                            fp32_source=Fp32Source(student.sha256))
+    if cosines is None:  # no pair benchmark: compare on the calibration faces
+        sample = faceset.faces[:COSINE_FACES]
+        ref = embed(student.module, sample, student.preprocess, "fp32", cfg.data.batch_size)
+        cosines = {n: {**cosine_stats(ref, embed(m, sample, student.preprocess, n, cfg.data.batch_size)),
+                       "on": f"{faceset.kind} calibration faces"} for n, m in models.items() if n != "fp32"}
+    return accuracy, cosines
+
+
+def model_rows(cfg: PipelineConfig, models: dict, sizes: dict, accuracy: dict, cosines: dict) -> dict:
+    """Per model (fp32, ptq, qat): bits, accuracy per benchmark, cosine, file and memory bytes."""
+    q = cfg.quantize
+    quant_file = sizes.get("packed_file_bytes") or sizes.get("onnx_int8_file_bytes")
+    rows = {"fp32": {"bits": "32/32", "file_bytes": sizes["fp32_file_bytes"],
+                     "memory_bytes": sizes["fp32_memory_bytes"]}}
+    for name in models:
+        if name != "fp32":
+            rows[name] = {"bits": f"{q.wbits}/{q.abits}", "cosine": cosines.get(name), "file_bytes": quant_file,
+                          "memory_bytes": sizes["packed_memory_bytes"]}
+    for name, per_bench in accuracy.items():
+        rows[name]["accuracy"] = {b: s.get("accuracy") for b, s in per_bench.items()}
+    return rows
+
+
+def quantize_student(cfg: PipelineConfig, student_path: Path, out_dir: Path, *, say=print,
+                     show_table: bool = True) -> tuple[dict[str, Path], dict]:
+    """Run PTQ / QAT of the student at student_path into out_dir; returns (outputs by role, metrics)."""
+    from ..progress import table_console
+    from .faces import save_grid
+    from .qat import QatCheckpoint, load_student
+    from .report import results_table, size_metrics
+    from .sources import load_faces
+
+    check_config(cfg)
+    q = cfg.quantize
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    note = accuracy_plan(cfg)[2]  # resolves the benchmarks before any work
+    clock = {"start": time.perf_counter()}
+    student = load_student(student_path)
+    torch.manual_seed(cfg.run.seed)
+
+    faceset = load_faces(cfg, student.module, student.preprocess)
+    clock["data"] = time.perf_counter()
+    say(f"quantize: {len(faceset.faces)} {faceset.kind} faces from {faceset.origin} "
+        f"({clock['data'] - clock['start']:.1f} s)")
+    outputs: dict[str, Path] = {"faces": out_dir / "faces.png"}
+    save_grid(faceset.faces, outputs["faces"])
+
+    ckpt = QatCheckpoint(out_dir / CHECKPOINT, identity(cfg, student.sha256, faceset.faces))
+    ptq, qat, qat_report = quantize_models(cfg, student, faceset.faces, ckpt)
+    clock["quantize"] = time.perf_counter()
+    meta = {"arch": student.arch, "embedding_size": student.embedding_size,
+            "preprocess": student.preprocess.to_dict(), "wbits": q.wbits, "abits": q.abits, "mode": q.mode,
+            "data": faceset.kind, "student_sha256": student.sha256, "backend": q.backend}
+    files = write_artifacts(cfg, qat if qat is not None else ptq, student, meta, out_dir)
+    outputs.update(files)
+
+    models = {"fp32": student.module, "ptq": ptq, **({"qat": qat} if qat is not None else {})}
+    accuracy, cosines = measure(cfg, student, models, faceset)
+    clock["eval"] = time.perf_counter()
+    sizes = size_metrics(Path(student_path), student.module, q.wbits, {k: v for k, v in files.items() if k != "spec"})
+    metrics = {"wbits": q.wbits, "abits": q.abits, "mode": q.mode, "backend": q.backend,
+               "data": faceset.describe(), "models": model_rows(cfg, models, sizes, accuracy, cosines),
+               "benchmarks": accuracy, "sizes": sizes, "qat": qat_report.summary() if qat_report else {"steps": 0},
+               "seconds": {"data": round(clock["data"] - clock["start"], 2),
+                           "quantize": round(clock["quantize"] - clock["data"], 2),
+                           "qat": round(qat_report.seconds, 2) if qat_report else 0.0,
+                           "eval": round(clock["eval"] - clock["quantize"], 2),
+                           "total": round(time.perf_counter() - clock["start"], 2)},
+               "accuracy_note": note, "student": str(student_path)}
+    if qat_report is not None:
+        outputs["log"] = _write_loss_log(out_dir / "qat_log.csv", qat_report.losses)
+    outputs["metrics"] = atomic_write_json(out_dir / METRICS_FILE, metrics)
+    ckpt.remove()
+    if show_table:
+        title = f"quantize {student.arch} w{q.wbits}a{q.abits} {q.mode} ({faceset.kind}, {q.backend})"
+        table_console(stderr=True).print(results_table(metrics, title))
+        if note:
+            say(f"quantize: {note}")
+    return outputs, metrics
+
+
+def flat_metrics(metrics: dict) -> dict:
+    """Scalar metrics for the manifest: <model>_<bench>_accuracy, <model>_cos_mean/min, sizes, steps, seconds."""
+    out: dict = {"wbits": metrics["wbits"], "abits": metrics["abits"], "steps": metrics["qat"]["steps"],
+                 "seconds": metrics["seconds"]["total"]}
+    for name, row in metrics["models"].items():
+        for bench, acc in (row.get("accuracy") or {}).items():
+            out[f"{name}_{bench}_accuracy"] = acc
+        if row.get("cosine"):
+            out[f"{name}_cos_mean"] = row["cosine"]["mean"]
+            out[f"{name}_cos_min"] = row["cosine"]["min"]
+    out.update({k: v for k, v in metrics["sizes"].items()})
+    if metrics.get("accuracy_note"):
+        out["accuracy_note"] = metrics["accuracy_note"]
+    return out
+
+
+def _write_loss_log(path: Path, losses: list[float]) -> Path:
+    from ..io import atomic_write_text
+
+    return atomic_write_text(path, "step,loss\n" + "".join(f"{i},{v:.8g}\n" for i, v in enumerate(losses, 1)))

@@ -1,0 +1,65 @@
+"""Quantize stage: PTQ and QAT (QuantFace-style, w8a8 / w6a6 ...) of the distilled student.
+
+Input: the distill stage's student (distill.student), plus the configured face folder (quantize.data_path or,
+for quantize.data=real, data.train) and the benchmarks' files. Outputs in runs/<run>/quantize/ (see
+pipeline/quant/job.py): qstudent.pt + quant_spec.json, qstudent.w<B>.fpq (packed), metrics.json, faces.png,
+qat_log.csv; with quantize.backend=nncf the int8 QDQ ONNX instead of the .pt / .fpq pair.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pkgutil
+from pathlib import Path
+
+from facepipe.pipeline.config import PipelineConfig
+from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
+
+
+def _package_modules(package: str) -> tuple[str, ...]:
+    """A package and its submodules, found without importing them (their sources enter code_version)."""
+    spec = importlib.util.find_spec(package)
+    paths = list(spec.submodule_search_locations or []) if spec else []
+    return (package, *sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(paths)))
+
+
+CODE = (*_package_modules("facepipe.pipeline.quant"), *_package_modules("facepipe.models.quant"),
+        "facepipe.pipeline.assets", "facepipe.pipeline.data.detect", "facepipe.pipeline.data.align",
+        "facepipe.pipeline.data.imagefolder", "facepipe.pipeline.teachers", "facepipe.pipeline.benchmarks",
+        "facepipe.pipeline.metrics", "facepipe.pipeline.train.data", "facepipe.pipeline.train.checkpoint",
+        "facepipe.models.mobilefacenet")
+
+
+def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
+    """The face folder the source reads (if any) and the benchmarks' files."""
+    from facepipe.pipeline.benchmarks import resolve_benchmark
+    from facepipe.pipeline.evaluation import benchmark_inputs
+    from facepipe.pipeline.quant.job import accuracy_plan
+    from facepipe.pipeline.quant.sources import data_path
+
+    inputs: dict[str, Path] = {}
+    path = data_path(cfg)
+    if path is not None:
+        inputs["quantize.data"] = path
+    specs, root, _ = accuracy_plan(cfg)
+    for spec in specs:
+        inputs.update({f"bench.{k}": v for k, v in benchmark_inputs(resolve_benchmark(spec, root)).items()})
+    return inputs
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Quantize the distilled student into the stage folder; metrics flattened for the manifest."""
+    from facepipe.pipeline.progress import console
+    from facepipe.pipeline.quant.job import flat_metrics, quantize_student
+
+    outputs, metrics = quantize_student(ctx.config, ctx.inputs["distill.student"], ctx.stage_dir,
+                                        say=lambda m: console.print(m, markup=False, highlight=False))
+    return StageResult(outputs=outputs, metrics=flat_metrics(metrics))
+
+
+SPEC = register_stage(StageSpec(
+    name="quantize", run=run, after=("distill",),
+    # run.seed picks the faces and the QAT batches; teacher.flip is how benchmarks are scored (as in distill)
+    sections=("quantize", "data.train", "data.root", "data.benchmarks", "data.on_error", "run.seed",
+              "teacher.flip"),
+    external_inputs=external_inputs, enabled=lambda cfg: cfg.quantize.enabled, code=CODE))

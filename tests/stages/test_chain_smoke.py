@@ -1,0 +1,85 @@
+"""The whole chain on real data: `facepipe run --preset smoke` (teacher -> distill -> quantize -> export ->
+bench) through the console script, then a second run that finds every stage fresh.
+
+The smoke preset is small on purpose (LFW's first fold, 10 distillation steps, a short QAT); this test
+checks that every stage hands real artifacts to the next and that the report measures them through their
+runtimes, not how accurate a 10-step student is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("teacher", "distill", "quantize", "export", "bench")
+
+
+def _facepipe(*args: str, cwd: Path, data_root: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("facepipe")
+    env = {**os.environ, "FACEPIPE_DATA": str(data_root), "COLUMNS": "200"}
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=3000)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, lfw_root, celeba_root):
+    from facepipe.pipeline.assets import fetch_asset
+    from facepipe.pipeline.errors import BackendUnavailable
+
+    try:
+        fetch_asset("sface")
+    except BackendUnavailable as e:
+        pytest.skip(f"SFace asset unavailable: {e}")
+    work = tmp_path_factory.mktemp("chain")
+    shutil.copy(REPO / "pipeline.yaml", work / "pipeline.yaml")
+    res = _facepipe("run", "-c", "pipeline.yaml", "--preset", "smoke", cwd=work, data_root=lfw_root.parent)
+    assert res.returncode == 0, f"stdout:\n{res.stdout[-4000:]}\nstderr:\n{res.stderr[-4000:]}"
+    return work, res
+
+
+def _manifest(work: Path, stage: str) -> dict:
+    return json.loads((work / "runs" / "smoke" / stage / "manifest.json").read_text())
+
+
+@pytest.mark.slow
+def test_every_stage_ran_and_wrote_a_complete_manifest(smoke_run):
+    work, _ = smoke_run
+    for stage in STAGES:
+        m = _manifest(work, stage)
+        assert m["status"] == "complete", stage
+        for role, rec in m["outputs"].items():
+            assert (work / "runs" / "smoke" / stage / rec["path"]).exists(), (stage, role)
+
+
+@pytest.mark.slow
+def test_bench_report_measures_every_format_through_its_runtime(smoke_run, lfw_root):
+    work, _ = smoke_run
+    bench_dir = work / "runs" / "smoke" / "bench"
+    report = json.loads((bench_dir / "bench.json").read_text())
+    rows = {r["format"]: r for r in report["artifacts"]}
+    assert set(rows) >= {"torch", "onnx", "onnx_int8", "openvino", "openvino_int8"}
+    for fmt, row in rows.items():
+        assert row["status"] == "ok", (fmt, row["status"])
+        acc = row["accuracy"]["lfw@1"]
+        assert 0.5 <= acc <= 1.0, (fmt, acc)
+        assert row["latency"]["1"]["p50_ms"] > 0 and row["size_mb"] > 0
+    # fp32 runtimes agree with PyTorch on the benchmark: the same accuracy within one pair in 600
+    for fmt in ("onnx", "openvino"):
+        assert abs(rows[fmt]["accuracy"]["lfw@1"] - rows["torch"]["accuracy"]["lfw@1"]) <= 1 / 600 + 1e-9
+    md = (bench_dir / "report.md").read_text()
+    assert "openvino_int8" in md and "accuracy_vs_latency.png" in md
+    assert (bench_dir / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_second_run_finds_every_stage_fresh(smoke_run, lfw_root):
+    work, _ = smoke_run
+    res = _facepipe("run", "-c", "pipeline.yaml", "--preset", "smoke", cwd=work, data_root=lfw_root.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "every stage is fresh" in res.stdout
