@@ -65,14 +65,8 @@ class ArtifactMeta:
 
 def stamp_onnx(proto, meta: ArtifactMeta):
     """Write `meta` into an onnx.ModelProto's metadata_props (replacing facepipe.* values); returns it."""
-    write_onnx_metadata(proto, meta.preprocess, meta.embedding_size, meta.fingerprint)
     extra = {META_FORMAT: meta.format, META_SOURCE_SHA256: meta.source_sha256, META_ARCH: meta.arch}
-    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in extra]
-    del proto.metadata_props[:]
-    for k, v in keep + list(extra.items()):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    return proto
+    return write_onnx_metadata(proto, meta.preprocess, meta.embedding_size, meta.fingerprint, extra=extra)
 
 
 def check_output_dim(meta: ArtifactMeta, graph_dim: int | None, where: str) -> None:

@@ -235,12 +235,13 @@ EMBEDDER_BACKENDS.register("torch", TorchEmbedder)
 
 # --- ONNX metadata --------------------------------------------------------------------------------
 def write_onnx_metadata(model_proto, preprocess: Preprocess, embedding_size: int, fingerprint: str,
-                        normalized: bool = False):
-    """Set facepipe.* metadata_props on an onnx.ModelProto (replacing old values); returns the proto."""
+                        normalized: bool = False, extra: dict[str, str] | None = None):
+    """Set facepipe.* metadata_props (plus `extra` keys) on an onnx.ModelProto, replacing old values;
+    returns the proto."""
     values = {META_PREPROCESS: json.dumps(preprocess.to_dict(), sort_keys=True),
               META_EMBEDDING_SIZE: str(int(embedding_size)),
               META_FINGERPRINT: str(fingerprint),
-              META_NORMALIZED: "true" if normalized else "false"}
+              META_NORMALIZED: "true" if normalized else "false", **(extra or {})}
     keep = [(p.key, p.value) for p in model_proto.metadata_props if p.key not in values]
     del model_proto.metadata_props[:]
     for k, v in keep + list(values.items()):

@@ -11,40 +11,7 @@ from facepipe.models.registry import build_model
 from facepipe.pipeline.errors import ConfigError, DataError, ModelError
 from torch import nn
 
-
-def _images(n: int, g: torch.Generator) -> torch.Tensor:
-    """Smooth random images in [-1, 1] (low-frequency noise, closer to faces than white noise)."""
-    z = torch.rand(n, 3, 14, 14, generator=g) * 2 - 1
-    return nn.functional.interpolate(z, size=112, mode="bilinear", align_corners=False)
-
-
-def trained_like_mfn() -> nn.Module:
-    """MobileFaceNet-128 with real BN statistics and small residual branches, like a trained network.
-
-    Pure random init is chaotic: one LSB of difference grows layer by layer, which says nothing about
-    quantization. Trained residual nets keep their residual branches small; we scale the projection BNs.
-    """
-    torch.manual_seed(0)
-    m = build_model("mobilefacenet", embedding_size=128)
-    for mod in m.modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            mod.momentum = None
-    m.train()
-    with torch.no_grad():
-        m(_images(8, torch.Generator().manual_seed(1)))
-        for name, mod in m.named_modules():
-            if name.endswith("project"):
-                mod.bn.weight.mul_(0.2)
-                mod.bn.bias.uniform_(-0.1, 0.1)
-    return m.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from quant_nets import one_thread, smooth_images as _images, trained_like_mfn  # noqa: F401 (one_thread: autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -8,45 +8,15 @@ import onnxruntime as ort
 import pytest
 import torch
 from facepipe.models.quant import export_qdq_onnx, prepare_quantized
-from facepipe.models.registry import build_model
 from facepipe.pipeline.errors import ConfigError, ModelError
 from onnx import numpy_helper
-from torch import nn
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _images(n: int, seed: int) -> torch.Tensor:
-    z = torch.rand(n, 3, 14, 14, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-    return nn.functional.interpolate(z, size=112, mode="bilinear", align_corners=False)
-
-
-def _trained_like_mfn() -> nn.Module:
-    """Real BN statistics and small residual branches (see test_quant_model.trained_like_mfn for why)."""
-    torch.manual_seed(0)
-    m = build_model("mobilefacenet", embedding_size=128)
-    for mod in m.modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            mod.momentum = None
-    m.train()
-    with torch.no_grad():
-        m(_images(8, 1))
-        for name, mod in m.named_modules():
-            if name.endswith("project"):
-                mod.bn.weight.mul_(0.2)
-                mod.bn.bias.uniform_(-0.1, 0.1)
-    return m.eval()
+from quant_nets import one_thread, smooth_images as _images, trained_like_mfn  # noqa: F401 (one_thread: autouse fixture)
 
 
 @pytest.fixture(scope="module")
 def net():
-    return _trained_like_mfn()
+    return trained_like_mfn()
 
 
 def _export(net, bits, tmp_path_factory):

@@ -18,15 +18,9 @@ from facepipe.models.quant import (
 )
 from facepipe.models.quant.storage import pack_codes, unpack_codes
 from facepipe.models.registry import build_model
+
+from quant_nets import one_thread  # noqa: F401 (autouse fixture)
 from facepipe.pipeline.errors import ModelError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _quantized(wbits, abits, **kw):
