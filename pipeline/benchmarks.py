@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DataError, ModelError
-from .metrics import IJB_FARS, auc, pair_scores, roc_curve, tar_at_far, verification_10fold
+from .metrics import (IJB_FARS, auc, pair_scores, roc_curve, stratified_kfold_ids, tar_at_far,
+                      verification_10fold)
 from .registry import Registry
 
 PAIR_BINS = ("cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
@@ -254,8 +255,9 @@ def _pairs_result(embeddings: np.ndarray, data, name: str, metric: str, seconds:
     _check_finite(emb, name)
     a, b = emb[data.pairs[:, 0]], emb[data.pairs[:, 1]]
     issame = np.asarray(data.issame, bool)
-    # A pairs file with one fold (LFW View 1, a custom list) falls back to insightface's 10 consecutive folds.
-    folds = data.folds if len(np.unique(data.folds)) >= 2 else None
+    # A pairs file with one fold (LFW View 1, a custom list) gets 10 folds stratified by label.
+    official = len(np.unique(data.folds)) >= 2
+    folds = data.folds if official else stratified_kfold_ids(issame)
     v = verification_10fold(a, b, issame, folds=folds, metric=metric)
     scores = pair_scores(a, b, metric)
     fpr, tpr, _ = roc_curve(scores, issame)
@@ -270,7 +272,7 @@ def _pairs_result(embeddings: np.ndarray, data, name: str, metric: str, seconds:
         "tar_at_far": {_far_key(f): t * 100 for f, t in tars.items()},
         "auc": _json_num(auc(fpr, tpr)),
         "fold_accuracies": v["fold_accuracies"],
-        "folds": "official" if folds is not None else "10 consecutive",
+        "folds": "official" if official else "10 stratified",
         "pairs": int(len(issame)), "skipped": int(getattr(data, "skipped", 0)),
         "images": int(len(data.images)), "seconds": float(seconds),
     }

@@ -29,12 +29,29 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def kfold_ids(n: int, n_folds: int = 10) -> np.ndarray:
-    """Fold id per item for consecutive, unshuffled folds (sklearn KFold(n_folds, shuffle=False))."""
-    if n < n_folds:
-        raise ValueError(f"need at least {n_folds} pairs for {n_folds} folds, got {n}")
+    """Fold id per item for consecutive, unshuffled folds (sklearn KFold(n_folds, shuffle=False) sizes; with
+    fewer items than folds, the last folds are empty)."""
     sizes = np.full(n_folds, n // n_folds)
     sizes[: n % n_folds] += 1
     return np.repeat(np.arange(n_folds), sizes)
+
+
+def stratified_kfold_ids(issame: np.ndarray, n_folds: int = 10) -> np.ndarray:
+    """Fold id per pair: the genuine pairs and the impostor pairs each cut into `n_folds` consecutive chunks.
+
+    For a pairs list without official folds. Consecutive folds over a list sorted by label (LFW's View 1,
+    or one official fold: 300 genuine then 300 impostor pairs) give single-class test folds, whose
+    thresholds are tuned on the opposite imbalance - a weak model then scores near 0%.
+    """
+    issame = np.asarray(issame, dtype=bool)
+    folds = np.empty(len(issame), dtype=np.int64)
+    for label in (True, False):
+        idx = np.flatnonzero(issame == label)
+        if len(idx) < n_folds:
+            raise ValueError(f"need at least {n_folds} {'genuine' if label else 'impostor'} pairs for "
+                             f"{n_folds} stratified folds, got {len(idx)}")
+        folds[idx] = kfold_ids(len(idx), n_folds)
+    return folds
 
 
 def pair_scores(emb_a: np.ndarray, emb_b: np.ndarray, metric: str = "euclidean") -> np.ndarray:

@@ -99,8 +99,11 @@ def environment_lines(env: dict) -> list[str]:
 
 
 def write_markdown(path: Path, rows: Sequence[dict], benchmarks: Sequence[str], batch_sizes: Sequence[int],
-                   env: dict, command: str, notes: Sequence[str]) -> Path:
+                   env: dict, command: str, notes: Sequence[str], figures: dict[str, Path] | None = None) -> Path:
+    """report.md: the table, notes, `figures` ({caption: PNG beside the report}), environment and command."""
+    figs = [f"![{caption}]({Path(png).name})" for caption, png in (figures or {}).items()]
     text = "\n".join(["# facepipe bench", "", markdown_table(rows, benchmarks, batch_sizes), "",
+                      *(["## Figures", "", *figs, ""] if figs else []),
                       "## Notes", "", *(f"- {n}" for n in notes), "", "## Environment", "",
                       *environment_lines(env), "", "## Command", "", "```", command, "```", ""])
     return atomic_write_text(path, text)

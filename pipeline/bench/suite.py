@@ -240,12 +240,13 @@ def _write_reports(rows, curves, names, s: BenchSettings, device, jetson, out_di
     title = f"facepipe bench ({device}, {s.threads} thread(s))"
     table_console().print(report.rich_table(rows, names, s.batch_sizes, title))
     bs = min(s.batch_sizes)
+    plot = report.plot_accuracy_vs_latency(rows, names[0] if names else None, bs, out_dir / "accuracy_vs_latency.png")
+    roc = report.plot_roc_or_empty(curves, out_dir / "roc.png", title="ROC by artifact")
+    figures = {f"accuracy vs latency at batch {bs}": plot, "ROC by artifact": roc}
     files = {"report": report.write_json(out_dir / "bench.json", doc),
              "markdown": report.write_markdown(out_dir / "report.md", rows, names, s.batch_sizes, env, command,
-                                               notes),
-             "plot": report.plot_accuracy_vs_latency(rows, names[0] if names else None, bs,
-                                                     out_dir / "accuracy_vs_latency.png"),
-             "roc": report.plot_roc_or_empty(curves, out_dir / "roc.png", title="ROC by artifact")}
+                                               notes, figures),
+             "plot": plot, "roc": roc}
     return BenchOutcome(rows, files, misses, doc)
 
 

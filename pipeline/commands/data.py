@@ -105,14 +105,15 @@ def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]]]:
     import numpy as np
 
     if path.suffix == ".bin":
-        from ..data.binfile import consecutive_folds, read_bin_raw
+        from ..data.binfile import read_bin_raw
+        from ..metrics import kfold_ids
         from ..data.images import decode_image_rgb
 
         bins, issame = read_bin_raw(path)
         sample = decode_image_rgb(bins[0], f"{path}: image 0") if bins else None
         return "insightface .bin", [
             ("images", len(bins)), ("pairs", len(issame)), ("same / different", f"{issame.sum()} / {(~issame).sum()}"),
-            ("folds", len(set(consecutive_folds(len(issame)).tolist())) if len(issame) else 0),
+            ("folds", len(set(kfold_ids(len(issame)).tolist())) if len(issame) else 0),
             ("encoded bytes", sum(len(b) for b in bins)), ("sample shape", None if sample is None else sample.shape)]
     if path.suffix in (".rec", ".idx") or (path.is_dir() and (path / "train.rec").is_file()):
         from ..data.images import decode_image_rgb

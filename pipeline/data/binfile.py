@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..metrics import kfold_ids
 from ..progress import progress
 from .images import check_on_error, decode_image_rgb, encode_jpeg, encode_png
 from .types import VerificationSet
@@ -228,13 +229,6 @@ def read_bin_raw(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     return bins, np.array(issame, dtype=bool)
 
 
-def consecutive_folds(n: int, k: int = 10) -> np.ndarray:
-    """Fold id of each of n items split into k consecutive chunks (sklearn KFold(k, shuffle=False) sizes)."""
-    sizes = np.full(k, n // k)
-    sizes[: n % k] += 1
-    return np.repeat(np.arange(k), sizes)
-
-
 def _to_face(img: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -269,7 +263,7 @@ def read_bin(path: str | os.PathLike, on_error: str = "fail") -> VerificationSet
             else:
                 faces[u] = _to_face(img)
             bar.advance(task)
-    folds = consecutive_folds(len(issame))
+    folds = kfold_ids(len(issame))
     pairs = slot_to_unique.reshape(-1, 2)
     pair_ok = ok[pairs[:, 0]] & ok[pairs[:, 1]]
     pairs = pairs[pair_ok]

@@ -60,6 +60,7 @@ def test_reports_written(outcome):
     md = (out / "report.md").read_text()
     assert "| format | status | size MB | tiny acc % | b1 ms p50/p90/p99 |" in md
     assert "| onnx_int8 | missing (not exported" in md and "facepipe bench --test" in md
+    assert "(accuracy_vs_latency.png)" in md and "(roc.png)" in md  # the figures are embedded, not just beside
     import matplotlib.image
 
     for name in ("accuracy_vs_latency.png", "roc.png"):

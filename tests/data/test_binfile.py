@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from facepipe.pipeline.data.align import ARCFACE_TEMPLATE
-from facepipe.pipeline.data.binfile import (consecutive_folds, make_bin_from_lfw, read_bin, read_bin_raw,
-                                            write_bin)
+from facepipe.pipeline.data.binfile import make_bin_from_lfw, read_bin, read_bin_raw, write_bin
 from facepipe.pipeline.data.images import decode_image_rgb, encode_jpeg
 from facepipe.pipeline.data.lfw import load_lfw
+from facepipe.pipeline.metrics import kfold_ids
 from facepipe.pipeline.errors import DataError
 
 
@@ -38,9 +38,9 @@ def test_write_read_round_trip(tmp_path, rng):
     assert np.bincount(vs.folds).tolist() == [3] * 5 + [2] * 5
 
 
-def test_consecutive_folds_like_kfold_without_shuffle():
-    assert np.bincount(consecutive_folds(6000)).tolist() == [600] * 10
-    f = consecutive_folds(13)
+def test_bin_folds_are_consecutive_like_kfold_without_shuffle():
+    assert np.bincount(kfold_ids(6000)).tolist() == [600] * 10
+    f = kfold_ids(13)
     assert f.tolist() == [0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9]
 
 

@@ -55,7 +55,7 @@ def test_sface_first_fold_through_cli(lfw_root, tmp_path, monkeypatch):
     r = json.loads(out.read_text())
     (bench,) = r["benchmarks"].values()
     assert bench["pairs"] == 600
-    assert bench["folds"] == "10 consecutive"  # a one-fold pairs file is split like insightface's .bin
+    assert bench["folds"] == "10 stratified"  # a one-fold pairs file: 30 genuine + 30 impostor pairs per fold
     assert bench["accuracy"] >= 98.5, bench
 
 

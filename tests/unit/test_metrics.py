@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
-from facepipe.pipeline.metrics import (ACC_THRESHOLDS, auc, kfold_ids, pair_scores, roc_curve, tar_at_far,
-                                       verification_10fold)
+from facepipe.pipeline.metrics import (ACC_THRESHOLDS, auc, kfold_ids, pair_scores, roc_curve,
+                                       stratified_kfold_ids, tar_at_far, verification_10fold)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -325,3 +324,24 @@ def test_roc_degenerate_inputs():
     with pytest.raises(ValueError, match="labels"):
         roc_curve([0.1, 0.2, 0.3], [1, 0])
 
+
+
+def test_stratified_folds_balance_a_label_sorted_list():
+    issame = np.r_[np.ones(300, bool), np.zeros(300, bool)]  # one LFW fold: genuine pairs first
+    folds = stratified_kfold_ids(issame)
+    for k in range(10):
+        assert issame[folds == k].sum() == 30 and (~issame[folds == k]).sum() == 30
+    with pytest.raises(ValueError, match="impostor"):
+        stratified_kfold_ids(np.r_[np.ones(20, bool), np.zeros(5, bool)])
+
+
+def test_weak_model_on_label_sorted_pairs_is_not_scored_near_zero(rng):
+    """Consecutive folds of a label-sorted list leave single-class test folds whose thresholds are tuned on
+    the opposite imbalance: a weakly discriminative model scores ~0%. Stratified folds measure it."""
+    n = 300
+    issame = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    a = rng.normal(size=(2 * n, 16))
+    b = a + rng.normal(scale=np.where(issame, 3.0, 3.3)[:, None], size=a.shape)
+    consecutive = verification_10fold(a, b, issame, folds=kfold_ids(2 * n))["accuracy"]
+    stratified = verification_10fold(a, b, issame, folds=stratified_kfold_ids(issame))["accuracy"]
+    assert consecutive < 30 and 45 <= stratified <= 75, (consecutive, stratified)
