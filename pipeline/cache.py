@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import DataError, ModelError
-from .io import atomic_write_json, sha256_json
+from .io import atomic_write_json, exclusive_lock, sha256_json
 
 CACHE_FORMAT = 1
 
@@ -127,9 +127,17 @@ class TeacherCache:
         """Embed every face of `source` with `embedder` (and its mirror when flip) into a new cache."""
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
+        # One builder per entry at a time: two runs embedding the same faces with the same model (two
+        # quantize jobs scoring one fp32 student) would otherwise delete each other's files mid-build.
+        with exclusive_lock(cache_dir / f".{key}.lock"):
+            return cls._build_locked(embedder, source, cache_dir, key, flip, batch_size, show_progress)
+
+    @classmethod
+    def _build_locked(cls, embedder, source: FaceSourceLike, cache_dir: Path, key: str, flip: bool,
+                      batch_size: int, show_progress: bool) -> "TeacherCache":
         emb_path, flip_path, meta_path = _paths(cache_dir, key)
         meta_path.unlink(missing_ok=True)  # whatever was there is no longer vouched for
-        for stale in cache_dir.glob(f".{key}.*.partial"):  # left by a killed build
+        for stale in cache_dir.glob(f".{key}.*.partial"):  # left by a killed build (we hold the lock)
             stale.unlink(missing_ok=True)
         n, dim = len(source), embedder.dim
         if n == 0:

@@ -97,6 +97,26 @@ def test_build_then_reuse(teacher, faces, tmp_path):
     assert reused and src2.reads == 0 and cache.key == key
 
 
+def test_concurrent_builds_of_one_entry_both_succeed(teacher, faces, tmp_path):
+    """Two builders of the same key (two jobs scoring one model) are serialised by the entry's lock; without
+    it the second removed the first's partial files mid-build (FileNotFoundError on the final rename)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    emb = teacher.load()
+    key = cache_key(teacher, Faces(faces), flip=False)
+
+    def build(_):
+        return TeacherCache.build(emb, Faces(faces, delay=0.005), tmp_path / "c", key, batch_size=4,
+                                  show_progress=False)
+
+    with ThreadPoolExecutor(2) as pool:
+        caches = list(pool.map(build, range(2)))
+    for c in caches:
+        np.testing.assert_allclose(c.embeddings, emb.embed(faces), rtol=1e-6, atol=1e-6)
+    assert TeacherCache.open(tmp_path / "c", key) is not None
+    assert not list((tmp_path / "c").glob("*.partial"))
+
+
 def test_flip_stores_the_mirrored_faces(teacher, faces, tmp_path):
     emb = teacher.load()
     src = Faces(faces)
@@ -181,7 +201,8 @@ def test_failed_build_leaves_nothing_reusable(teacher, faces, tmp_path):
     with pytest.raises(DataError, match="face 13"):
         TeacherCache.build(emb, Faces(faces, fail_at=13), tmp_path, key, batch_size=4, show_progress=False)
     assert TeacherCache.open(tmp_path, key) is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.npy"]  # no sidecar, no temp files
+    left = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")  # the entry's lock file stays
+    assert left == [f"{key}.npy"]  # no sidecar, no temp files
 
 
 def test_killed_build_is_not_reused(teacher, faces, tmp_path):
