@@ -146,7 +146,12 @@ class QatCheckpoint:
                                     "losses": list(losses)}, kind=CHECKPOINT_KIND)
 
     def remove(self) -> None:
+        """Drop the checkpoint of a finished run (and its folder when nothing else is in it)."""
         self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # not empty, or already gone
+            pass
 
 
 def run_qat(qmodel: nn.Module, student: Student, faces: np.ndarray, *, steps: int, batch_size: int, lr: float,
