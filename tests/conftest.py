@@ -1,4 +1,5 @@
-"""Shared fixtures: the real-data root (skips cleanly when absent) and small synthetic faces."""
+"""Shared fixtures: the real-data root (skips cleanly when absent), a real distilled student, and small
+synthetic faces."""
 
 from __future__ import annotations
 
@@ -40,6 +41,34 @@ def celeba_root(data_root) -> Path:
     if not (p / "identities.tsv").is_file():
         pytest.skip(f"celeba-train not found under {data_root}")
     return p
+
+
+@pytest.fixture(scope="session")
+def distilled_student(tmp_path_factory, lfw_root, celeba_root) -> Path:
+    """A real MobileFaceNet distilled from SFace: $FACEPIPE_STUDENT, else the default run's student.pt (after
+    `make demo`), else one trained here by the smoke preset's teacher + distill stages (~1 min)."""
+    import shutil
+    import subprocess
+    import sys
+
+    for candidate in (os.environ.get("FACEPIPE_STUDENT"), REPO / "runs" / "default" / "distill" / "student.pt"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    from facepipe.pipeline.assets import fetch_asset
+    from facepipe.pipeline.errors import BackendUnavailable
+
+    try:
+        fetch_asset("sface")
+    except BackendUnavailable as e:
+        pytest.skip(f"no distilled student and the SFace teacher is unavailable: {e}")
+    work = tmp_path_factory.mktemp("student")
+    shutil.copy(REPO / "pipeline.yaml", work / "pipeline.yaml")
+    exe = Path(sys.executable).with_name("facepipe")
+    env = {**os.environ, "FACEPIPE_DATA": str(lfw_root.parent)}
+    res = subprocess.run([str(exe), "run", "-c", "pipeline.yaml", "--preset", "smoke", "--to", "distill"], cwd=work,
+                         env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return work / "runs" / "smoke" / "distill" / "student.pt"
 
 
 @pytest.fixture

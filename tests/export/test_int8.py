@@ -27,7 +27,6 @@ if not hasattr(quant, "load_quantized"):
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.slow
 
-REAL_STUDENT = Path(__file__).resolve().parents[2] / "runs" / "exp2_adaface_geom" / "distill" / "student.pt"
 
 
 def _quantize(module, x: torch.Tensor, path: Path, pre: Preprocess) -> Path:
@@ -112,14 +111,12 @@ def test_nncf_style_int8_onnx_without_qstudent(int8_export, student, tmp_path):
         assert "required cosine >= 0.99 " in rec["error"]
 
 
-def test_real_student_int8_parity_on_lfw(tmp_path, lfw_root):
+def test_real_student_int8_parity_on_lfw(tmp_path, lfw_root, distilled_student):
     """PTQ of the real student on LFW faces 64..319, then ORT / OpenVINO int8 vs fake-quant on faces 0..63."""
-    if not REAL_STUDENT.is_file():
-        pytest.skip(f"{REAL_STUDENT} not found")
     from facepipe.pipeline.data.lfw import load_lfw
 
     images = load_lfw(lfw_root).images
-    student = load_artifact(REAL_STUDENT)
+    student = load_artifact(distilled_student)
     x = torch.from_numpy(student.preprocess(images[64:320]))
     q = _quantize(student.module, x, tmp_path / "qstudent.pt", student.preprocess)
     plan = ExportPlan(formats=["onnx_int8", "openvino_int8"], out_dir=tmp_path / "out", qmodel=q, stem="qstudent")

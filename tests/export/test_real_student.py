@@ -3,26 +3,21 @@ cosine >= 0.9999 against PyTorch (slow: loads and aligns LFW)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from facepipe.export.exporter import Exporter, ExportPlan
 from facepipe.export.parity import parity_faces
 from facepipe.pipeline.config import load_config
 
-REAL_STUDENT = Path(__file__).resolve().parents[2] / "runs" / "exp2_adaface_geom" / "distill" / "student.pt"
 pytestmark = pytest.mark.slow
 
 
-def test_real_student_fp32_parity_on_lfw(lfw_root, tmp_path):
+def test_real_student_fp32_parity_on_lfw(lfw_root, distilled_student, tmp_path):
     pytest.importorskip("openvino")
-    if not REAL_STUDENT.is_file():
-        pytest.skip(f"{REAL_STUDENT} not found")
     cfg = load_config(None, [f"data.root={lfw_root.parent}", "data.benchmarks=[lfw]"])
     faces, source = parity_faces(cfg, 64)
     assert source.startswith("real: first 64 aligned faces of lfw") and faces.shape == (64, 112, 112, 3)
-    report = Exporter(ExportPlan(formats=["torch", "onnx", "openvino"], out_dir=tmp_path, student=REAL_STUDENT)
+    report = Exporter(ExportPlan(formats=["torch", "onnx", "openvino"], out_dir=tmp_path, student=distilled_student)
                       ).run(faces, source)
     for key in ("onnx", "openvino"):
         rec = report["formats"][key]

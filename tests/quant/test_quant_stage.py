@@ -27,8 +27,6 @@ from facepipe.pipeline.runner import StageResult, StageSpec, run_pipeline
 from quant_synth import smooth_faces, write_image_folder, write_student
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[2]
-REAL_STUDENT = REPO / "runs" / "exp2_adaface_geom" / "distill" / "student.pt"
 
 
 @pytest.fixture(autouse=True)
@@ -174,11 +172,9 @@ def test_nncf_backend_exports_an_int8_qdq_onnx(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_student_w8_ptq_keeps_lfw_accuracy(tmp_path, lfw_root, celeba_root):
-    if not REAL_STUDENT.is_file():
-        pytest.skip(f"{REAL_STUDENT} not found (a distilled student)")
+def test_real_student_w8_ptq_keeps_lfw_accuracy(tmp_path, lfw_root, celeba_root, distilled_student):
     out = tmp_path / "q"
-    res = CliRunner().invoke(cli(), ["quantize", "--student", str(REAL_STUDENT), "--out", str(out), "--bits", "8",
+    res = CliRunner().invoke(cli(), ["quantize", "--student", str(distilled_student), "--out", str(out), "--bits", "8",
                                      "--mode", "ptq", "--data", "real", "--set", f"data.root={lfw_root.parent}",
                                      "--set", "quantize.benchmarks=[lfw@2]", "--set", "quantize.images=128"])
     assert res.exit_code == 0, res.output + repr(res.exception)
