@@ -43,30 +43,47 @@ def celeba_root(data_root) -> Path:
     return p
 
 
-@pytest.fixture(scope="session")
-def distilled_student(tmp_path_factory, lfw_root, celeba_root) -> Path:
-    """A real MobileFaceNet distilled from SFace: $FACEPIPE_STUDENT, else the default run's student.pt (after
-    `make demo`), else one trained here by the smoke preset's teacher + distill stages (~1 min)."""
+def run_smoke_preset(tmp_path_factory, data_root: Path, *args: str):
+    """`facepipe run -c pipeline.yaml --preset smoke ARGS` in a fresh folder holding a copy of the repo's
+    pipeline.yaml, through the console script: (folder, a callable re-running it, CompletedProcess). Skips
+    when the SFace teacher cannot be fetched."""
     import shutil
     import subprocess
     import sys
 
-    for candidate in (os.environ.get("FACEPIPE_STUDENT"), REPO / "runs" / "default" / "distill" / "student.pt"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
     from facepipe.pipeline.assets import fetch_asset
     from facepipe.pipeline.errors import BackendUnavailable
 
     try:
         fetch_asset("sface")
     except BackendUnavailable as e:
-        pytest.skip(f"no distilled student and the SFace teacher is unavailable: {e}")
-    work = tmp_path_factory.mktemp("student")
+        pytest.skip(f"SFace teacher unavailable: {e}")
+    work = tmp_path_factory.mktemp("smoke")
     shutil.copy(REPO / "pipeline.yaml", work / "pipeline.yaml")
     exe = Path(sys.executable).with_name("facepipe")
-    env = {**os.environ, "FACEPIPE_DATA": str(lfw_root.parent)}
-    res = subprocess.run([str(exe), "run", "-c", "pipeline.yaml", "--preset", "smoke", "--to", "distill"], cwd=work,
-                         env=env, capture_output=True, text=True, timeout=1800)
+    env = {**os.environ, "FACEPIPE_DATA": str(data_root), "COLUMNS": "200"}
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([str(exe), "run", "-c", "pipeline.yaml", "--preset", "smoke", *args], cwd=work,
+                              env=env, capture_output=True, text=True, timeout=3000)
+
+    return work, run, run()
+
+
+@pytest.fixture(scope="session")
+def smoke_preset(tmp_path_factory):
+    """run_smoke_preset bound to this session's temporary folders: smoke_preset(data_root, *args)."""
+    return lambda data_root, *args: run_smoke_preset(tmp_path_factory, data_root, *args)
+
+
+@pytest.fixture(scope="session")
+def distilled_student(smoke_preset, lfw_root, celeba_root) -> Path:
+    """A real MobileFaceNet distilled from SFace: $FACEPIPE_STUDENT, else the default run's student.pt (after
+    `make demo`), else one trained here by the smoke preset's teacher + distill stages (~1 min)."""
+    for candidate in (os.environ.get("FACEPIPE_STUDENT"), REPO / "runs" / "default" / "distill" / "student.pt"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    work, _, res = smoke_preset(lfw_root.parent, "--to", "distill")
     assert res.returncode == 0, res.stderr[-3000:]
     return work / "runs" / "smoke" / "distill" / "student.pt"
 

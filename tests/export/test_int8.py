@@ -28,7 +28,6 @@ pytest.importorskip("openvino")
 pytestmark = pytest.mark.slow
 
 
-
 def _quantize(module, x: torch.Tensor, path: Path, pre: Preprocess) -> Path:
     q = quant.prepare_quantized(module, 8, 8, weight_symmetric=True, act_symmetric=False)
     q.calibrate([x[i:i + 16] for i in range(0, len(x), 16)])

@@ -10,38 +10,18 @@ one test that proves the README's main command end to end.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 STAGES = ("teacher", "distill", "quantize", "export", "bench")
 
 
-def _facepipe(*args: str, cwd: Path, data_root: Path) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("facepipe")
-    env = {**os.environ, "FACEPIPE_DATA": str(data_root), "COLUMNS": "200"}
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=3000)
-
-
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, lfw_root, celeba_root):
-    from facepipe.pipeline.assets import fetch_asset
-    from facepipe.pipeline.errors import BackendUnavailable
-
-    try:
-        fetch_asset("sface")
-    except BackendUnavailable as e:
-        pytest.skip(f"SFace asset unavailable: {e}")
-    work = tmp_path_factory.mktemp("chain")
-    shutil.copy(REPO / "pipeline.yaml", work / "pipeline.yaml")
-    res = _facepipe("run", "-c", "pipeline.yaml", "--preset", "smoke", cwd=work, data_root=lfw_root.parent)
+def smoke_run(smoke_preset, lfw_root, celeba_root):
+    work, rerun, res = smoke_preset(lfw_root.parent)
     assert res.returncode == 0, f"stdout:\n{res.stdout[-4000:]}\nstderr:\n{res.stderr[-4000:]}"
-    return work, res
+    return work, rerun
 
 
 def _manifest(work: Path, stage: str) -> dict:
@@ -76,8 +56,8 @@ def test_bench_report_measures_every_format_through_its_runtime(smoke_run, lfw_r
     assert (bench_dir / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_second_run_finds_every_stage_fresh(smoke_run, lfw_root):
-    work, _ = smoke_run
-    res = _facepipe("run", "-c", "pipeline.yaml", "--preset", "smoke", cwd=work, data_root=lfw_root.parent)
+def test_second_run_finds_every_stage_fresh(smoke_run):
+    _, rerun = smoke_run
+    res = rerun()
     assert res.returncode == 0, res.stderr[-3000:]
     assert "every stage is fresh" in res.stdout
