@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` (main job on defaults) and `make test` (test suite).
-# Each creates the virtual environment it needs on first use.
+# Each creates the virtual environment it needs on first use, from the lock (constraints.txt): the exact
+# versions the project is tested with. `make lock` refreshes the lock; `make test-latest` tries the newest.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,14 +9,17 @@ export FACEPIPE_DATA
 # Torch first and pinned: the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,openvino,hf
+# Every extra that installs from PyPI alone (trt needs NVIDIA's index and a GPU: not locked here).
+LOCK_EXTRAS ?= dev,openvino,hf,onnxscript
+LOCK ?= constraints.txt
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all lock test-latest clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q -c $(LOCK) pip
+	$(BIN)/python -m pip install -q -c $(LOCK) "$(TORCH)"
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
 setup: $(BIN)/.installed
@@ -29,5 +33,29 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q
 
+# Resolve everything afresh (no lock) in a scratch venv and write the exact versions to $(LOCK).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q "$(TORCH)"
+	.venv-lock/bin/python -m pip install -q ".[$(LOCK_EXTRAS)]"
+	{ echo "# The exact versions facepipe is tested with (pip constraints). Refresh: make lock"; \
+	  echo "# Resolved $$(date -u +%Y-%m-%d) on $$(.venv-lock/bin/python -V), extras $(LOCK_EXTRAS)."; \
+	  .venv-lock/bin/python -m pip --version | awk '{print "pip==" $$2}'; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -i '^facepipe' | sed 's/+cpu$$//'; \
+	} > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	rm -rf .venv-lock
+
+# Not gating: the newest versions PyPI resolves today, the default tests on them, and what moved vs the lock.
+test-latest:
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python -m pip install -q "$(TORCH)"
+	.venv-latest/bin/python -m pip install -q -e ".[$(EXTRAS)]"
+	.venv-latest/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' | sort > .venv-latest/freeze.txt
+	@echo "versions that differ from $(LOCK) (< lock, > latest):"
+	@grep '==' $(LOCK) | sort | diff - .venv-latest/freeze.txt | grep '^[<>]' || echo "  none"
+	-.venv-latest/bin/python -m pytest -q -m "not slow"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-lock .venv-latest runs .pytest_cache

@@ -18,7 +18,7 @@ from facepipe.pipeline.io import atomic_write_json, sha256_file
 from .artifacts import artifact_files, load_artifact, load_quantized_student, load_student
 from .formats import FORMATS, INT8_VS_FP32_COS, Format, check_formats
 from .metadata import ArtifactMeta
-from .parity import check_parity
+from .parity import check_parity, overflow_hint
 from .tensorrt import BuildSettings
 
 REPORT = "export.json"
@@ -178,6 +178,10 @@ class Exporter:
             rec.update(status="failed", error=str(e), error_type=type(e).__name__)
             if getattr(e, "parity", None):  # a failed gate still reports what it measured
                 rec["parity"] = {**e.parity, "reference": rec.get("reference")}
+                hint = overflow_hint(self._onnx["quantized"]) if fmt.precision == "int8" and \
+                    "quantized" in self._onnx and self.plan.device == "cpu" else None
+                if hint:
+                    rec.update(error=f"{rec['error']}; likely cause: {hint}", hint=hint)
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         return rec
 
@@ -220,8 +224,8 @@ def report_table(report: dict, title: str = "facepipe export", extra_rows: list[
     for r in [*report["formats"].values(), *extra_rows]:
         p = r.get("parity") or {}
         mb = f"{r['bytes'] / 2**20:.2f}" if r.get("bytes") else ""
-        cos = f"{p['cos_min']:.6f}" if p else ""
-        mx = f"{p['max_abs']:.2e}" if p else ""
+        cos = f"{p['cos_min']:.6f}" if "cos_min" in p else ""
+        mx = f"{p['max_abs']:.2e}" if "max_abs" in p else ""
         why = r.get("error") or r.get("note") or ""
         what = r.get("path", "") + (f"  ({why})" if why and r.get("path") and r["status"] == "ok" else "")
         t.add_row(r["format"], r.get("precision", ""), Text(r["status"], style=styles.get(r["status"], "")), mb,

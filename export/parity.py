@@ -10,6 +10,7 @@ import numpy as np
 
 from facepipe.pipeline.embedder import Embedder, cosine_rows
 from facepipe.pipeline.errors import FacepipeError, ParityError
+from facepipe.pipeline.metrics import embedding_spread
 
 from .formats import Format, tolerance
 
@@ -22,11 +23,21 @@ def check_parity(reference: Embedder, candidate: Embedder, faces: np.ndarray, fm
     """Compare embeddings at `batch_size` and at batch 1; ParityError when below the format's gate
     (cos_floor overrides the format's cosine floor).
 
-    Returns {faces, cos_min, cos_mean, max_abs, ref_norm, cos_floor, atol, batch_sizes, passed}.
+    Returns {faces, cos_min, cos_mean, max_abs, ref_norm, reference_spread, cos_floor, atol, batch_sizes,
+    passed}. A collapsed reference (every face one direction) is a ParityError: nothing can be checked on it.
     """
     floor, tol = tolerance(fmt, precision, atol)
     cos_floor = floor if cos_floor is None else float(cos_floor)
     ref = reference.embed(faces, batch_size=batch_size)
+    spread = embedding_spread(ref) if len(ref) > 1 else None
+    if spread is not None and spread["collapsed"]:
+        # Any artifact "matches" a model that maps every face to one vector: refuse to vouch for it.
+        err = ParityError(f"the reference {reference.name!r} maps the {len(faces)} parity faces to one direction "
+                          f"(pairwise cosine mean {spread['cos_mean']:.5f}, std {spread['cos_std']:.1e}): it is "
+                          "collapsed, so no export of it can be checked; train it longer or with a higher lr, "
+                          "or check the checkpoint, before exporting")
+        err.parity = {"faces": int(len(faces)), "reference_spread": spread, "passed": False}
+        raise err
     got = candidate.embed(faces, batch_size=batch_size)
     k = min(BATCH1_FACES, len(faces))
     one = candidate.embed(faces[:k], batch_size=1)
@@ -36,7 +47,8 @@ def check_parity(reference: Embedder, candidate: Embedder, faces: np.ndarray, fm
     result = {"faces": int(len(faces)), "cos_min": float(cos.min()) if finite else float("nan"),
               "cos_mean": float(cos.mean()) if finite else float("nan"),
               "max_abs": float(diff.max()) if finite else float("inf"),
-              "ref_norm": float(np.linalg.norm(ref, axis=1).mean()), "cos_floor": cos_floor, "atol": tol,
+              "ref_norm": float(np.linalg.norm(ref, axis=1).mean()), "reference_spread": spread,
+              "cos_floor": cos_floor, "atol": tol,
               "batch_sizes": [int(min(batch_size, len(faces))), 1]}
     result["passed"] = finite and result["cos_min"] >= cos_floor and result["max_abs"] <= tol
     if not result["passed"]:
@@ -50,6 +62,35 @@ def check_parity(reference: Embedder, candidate: Embedder, faces: np.ndarray, fm
         err.parity = result  # the measured numbers, for the report
         raise err
     return result
+
+
+def int8_weight_max(qdq_onnx) -> int | None:
+    """The largest |int8 weight code| in a QDQ ONNX (conv / gemm weights), None when it holds none."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(qdq_onnx), load_external_data=False)
+    codes = [np.abs(numpy_helper.to_array(t).astype(np.int16)).max() for t in proto.graph.initializer
+             if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    return int(max(codes)) if codes else None
+
+
+def overflow_hint(qdq_onnx, isa: dict | None = None) -> str | None:
+    """Why an int8 artifact may miss its reference on this CPU, and what to do: full-range 8-bit weights on an
+    x86 CPU without VNNI (models/quant/overflow.py). None when that is not the case here."""
+    import platform
+
+    from facepipe.pipeline.device import cpu_info
+
+    isa = cpu_info()["isa"] if isa is None else isa
+    if isa.get("vnni") or platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return None
+    top = int8_weight_max(qdq_onnx)
+    if top is None or top <= 64:
+        return None
+    return (f"this CPU ({isa.get('summary')}, no VNNI) adds pairs of u8 x s8 products in saturating 16-bit sums, "
+            f"and {qdq_onnx} uses full-range 8-bit weights (|code| up to {top}): re-quantize with 7-bit weights "
+            "(quantize.overflow_fix=true; the default 'auto' does it when quantizing on such a CPU), or deploy on a CPU with VNNI")
 
 
 def synthetic_faces(n: int, size: int = 112, seed: int = 0) -> np.ndarray:

@@ -6,15 +6,13 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
-
-# typer >= 0.26 vendors click (typer._click): catch both its and click's own usage errors and exits
-try:
-    from typer._click.exceptions import ClickException as _VendoredClickException
-    from typer.exceptions import Abort as _TyperAbort, Exit as _TyperExit
-except ImportError:  # pragma: no cover - older typer re-exports click's classes
-    _VendoredClickException, _TyperAbort, _TyperExit = click.ClickException, click.exceptions.Abort, click.exceptions.Exit
 import typer
+from typer import Abort as _Abort, Exit as _Exit  # typer's own classes since 0.26, click's re-exported before
+
+try:  # typer >= 0.26 vendors click as typer._click (click itself may well be absent)
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - older typer depends on click and raises its exceptions
+    from click import ClickException as _ClickException
 
 from .errors import FacepipeError
 
@@ -97,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     except FacepipeError as e:
         typer.secho(f"error: {e}", err=True, fg="red")
         return e.exit_code
-    except (click.exceptions.Exit, _TyperExit) as e:
+    except _Exit as e:
         return e.exit_code
-    except (click.exceptions.Abort, _TyperAbort):
+    except _Abort:
         typer.echo("aborted", err=True)
         return 130
-    except (click.ClickException, _VendoredClickException) as e:
+    except _ClickException as e:
         e.show()
         return e.exit_code
     except KeyboardInterrupt:

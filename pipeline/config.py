@@ -155,6 +155,9 @@ class QuantizeConfig(Section):
     lr: float = Field(default=1e-5, gt=0)  # AdamW; 1e-4 pulled a near-lossless w8a8 PTQ init away
     weight_decay: float = Field(default=0.0, ge=0)
     freeze_after: int = Field(default=50, ge=0)  # QAT steps after which activation ranges stop moving
+    # auto: 8-bit weights keep to 7 bits when this CPU is x86 without VNNI, whose int8 kernels saturate 16-bit
+    # sums of full-range products (models/quant/overflow.py); true: always; false: never (VNNI / GPU targets)
+    overflow_fix: bool | Literal["auto"] = "auto"
     weight_symmetric: bool = True  # weights: zero point 0 (TensorRT needs it); activations asymmetric
     act_symmetric: bool = False
     benchmarks: list[str] | None = None  # accuracy of fp32 / PTQ / QAT; null: data.benchmarks

@@ -113,8 +113,47 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
+# /proc/cpuinfo flags that change which kernels run (x86: "flags", Arm: "Features"), by what they enable.
+ISA_FLAGS: dict[str, tuple[str, ...]] = {
+    "avx2": ("avx2",), "fma": ("fma",), "avx512": ("avx512f",), "avx512_vnni": ("avx512_vnni",),
+    "avx_vnni": ("avx_vnni",), "avx512_bf16": ("avx512_bf16",), "amx_bf16": ("amx_bf16",),
+    "amx_int8": ("amx_int8",), "neon": ("asimd", "neon"), "dotprod": ("asimddp",), "i8mm": ("i8mm",),
+    "sve": ("sve",), "arm_bf16": ("bf16",),
+}
+
+
+def parse_isa(flags: Sequence[str]) -> dict[str, Any]:
+    """The instruction-set features that decide int8 / bf16 / fp32 kernels, from a CPU flag list.
+
+    vnni: an int8 dot product that accumulates u8 x s8 products in 32 bits (AVX-512 VNNI, AVX-VNNI, AMX or
+    Arm dotprod). Without it x86 int8 kernels use vpmaddubsw, whose pairwise 16-bit sums saturate unless the
+    weights keep to 7 bits. bf16: native bf16 arithmetic (else bf16 is emulated and slower than fp32).
+    """
+    have = set(flags)
+    isa = {name: any(f in have for f in names) for name, names in ISA_FLAGS.items()}
+    isa["vnni"] = isa["avx512_vnni"] or isa["avx_vnni"] or isa["amx_int8"] or isa["dotprod"]
+    isa["bf16"] = isa["avx512_bf16"] or isa["amx_bf16"] or isa["arm_bf16"]
+    parts = [p for p, on in (("AVX-512", isa["avx512"]), ("AVX2", isa["avx2"] and not isa["avx512"]),
+                             ("NEON", isa["neon"]), ("VNNI", isa["vnni"] and not isa["dotprod"]),
+                             ("dotprod", isa["dotprod"]), ("BF16", isa["bf16"]),
+                             ("AMX", isa["amx_int8"] or isa["amx_bf16"])) if on]
+    isa["summary"] = " + ".join(parts) or "baseline (no AVX2 / NEON)"
+    return isa
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's feature flags from /proc/cpuinfo (first processor); [] where there is no such file."""
+    text = _read_text(Path("/proc/cpuinfo")) if cpuinfo is None else cpuinfo
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return value.split()
+    return []
+
+
 def cpu_info() -> dict[str, Any]:
-    """CPU model name (from /proc/cpuinfo when present), logical count and the cores this process may use."""
+    """CPU model name (from /proc/cpuinfo when present), logical count, the cores this process may use and
+    the instruction-set features that change the numbers (`parse_isa`)."""
     name = None
     text = _read_text(Path("/proc/cpuinfo")) or ""
     for line in text.splitlines():
@@ -124,7 +163,7 @@ def cpu_info() -> dict[str, Any]:
             break
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"model": name or platform.processor() or platform.machine(), "count": os.cpu_count(),
-            "usable": usable, "machine": platform.machine()}
+            "usable": usable, "machine": platform.machine(), "isa": parse_isa(cpu_flags(text))}
 
 
 def cuda_info() -> dict[str, Any]:
@@ -201,6 +240,7 @@ def print_environment(report: dict[str, Any], console=None) -> None:
     cpu = report.get("cpu", {})
     rows = [("facepipe", report.get("facepipe")), ("python", report.get("python")),
             ("platform", report.get("platform")), ("cpu", cpu.get("model")),
+            ("cpu isa", (cpu.get("isa") or {}).get("summary")),
             ("cpu count", f"{cpu.get('count')} ({cpu.get('usable')} usable)"),
             ("torch threads", cpu.get("torch_threads"))]
     if "onnxruntime_providers" in report:
@@ -220,7 +260,7 @@ def print_environment(report: dict[str, Any], console=None) -> None:
     devices = Table(title="devices")
     for col in ("device", "name", "details"):
         devices.add_column(col)
-    devices.add_row("cpu", str(cpu.get("model")), f"{cpu.get('machine')}")
+    devices.add_row("cpu", str(cpu.get("model")), f"{cpu.get('machine')}, {(cpu.get('isa') or {}).get('summary')}")
     cuda = report.get("cuda") or {}
     for d in cuda.get("devices", []):
         devices.add_row(f"cuda:{d['index']}", d["name"], f"sm {d['capability']}, {d['memory_mib']} MiB, "

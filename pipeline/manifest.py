@@ -145,9 +145,12 @@ def env_info(device: str) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return None
 
+    from .device import cpu_info
+
+    cpu = cpu_info()
     return {"python": platform.python_version(), "platform": platform.platform(), "torch": version("torch"),
             "onnxruntime": version("onnxruntime"), "openvino": version("openvino"),
-            "tensorrt": version("tensorrt"), "device": device}
+            "tensorrt": version("tensorrt"), "device": device, "cpu": cpu["model"], "cpu_isa": cpu["isa"]["summary"]}
 
 
 def now_iso() -> str:

@@ -28,6 +28,28 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / norm[:, None]
 
 
+# Pairwise cosine std below which a model is taken as collapsed (every input the same direction). Distinct
+# real faces under a working face model spread with std ~0.1-0.2; the collapsed smoke student gave ~1e-6.
+COLLAPSE_STD = 0.01
+
+
+def embedding_spread(emb: np.ndarray) -> dict:
+    """Pairwise cosine statistics over a set of embeddings (one row per input): how far apart distinct
+    inputs land. {n, pairs, cos_mean, cos_std, cos_min, cos_max, collapsed}.
+
+    A check that compares two models passes whatever the code does when every input gives the same vector;
+    guard such checks with `collapsed` (cos_std < COLLAPSE_STD, or a non-finite embedding)."""
+    e = np.asarray(emb, dtype=np.float64)
+    if e.ndim != 2 or len(e) < 2:
+        raise ValueError(f"embedding_spread needs at least 2 embeddings as rows, got shape {e.shape}")
+    finite = bool(np.isfinite(e).all())
+    cos = (l2_normalize(e) @ l2_normalize(e).T)[np.triu_indices(len(e), 1)] if finite else np.full(1, np.nan)
+    std = float(cos.std())
+    return {"n": int(len(e)), "pairs": int(len(cos)), "cos_mean": float(cos.mean()), "cos_std": std,
+            "cos_min": float(cos.min()), "cos_max": float(cos.max()),
+            "collapsed": bool(not finite or not std >= COLLAPSE_STD)}
+
+
 def kfold_ids(n: int, n_folds: int = 10) -> np.ndarray:
     """Fold id per item for consecutive, unshuffled folds (sklearn KFold(n_folds, shuffle=False) sizes; with
     fewer items than folds, the last folds are empty)."""

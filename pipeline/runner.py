@@ -40,6 +40,9 @@ class StageSpec:
     external_inputs: Callable[["PipelineConfig"], dict[str, Path]] | None = None  # files/dirs named by config
     enabled: Callable[["PipelineConfig"], bool] = _always
     code: tuple[str, ...] = ()  # extra modules whose source enters code_version
+    # values the stage derives from the config and this machine (e.g. a weight range chosen from the CPU's
+    # ISA): they enter the fingerprint beside the config, so another machine's choice is never reused
+    derived: Callable[["PipelineConfig"], dict] | None = None
 
 
 @dataclass
@@ -210,6 +213,8 @@ def _assess(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSp
             reasons.append(f"input {role} missing: {p}")
     code = code_version([m for m in (getattr(spec.run, "__module__", None), *spec.code) if m])
     config = {s: cfg.section(s) for s in spec.sections}
+    if spec.derived is not None:
+        config["derived"] = spec.derived(cfg)
     fingerprint = None if missing else sha256_json({"stage": spec.name, "code_version": code, "config": config,
                                                      "inputs": hashes})
     manifest = read_manifest(stage_dir)

@@ -47,6 +47,13 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     return inputs
 
 
+def derived(cfg: PipelineConfig) -> dict:
+    """The weight range quantize.overflow_fix resolves to on this CPU."""
+    from facepipe.pipeline.quant.job import weight_range
+
+    return {"weight_bits": weight_range(cfg)["weight_bits"]}
+
+
 def run(ctx: StageContext) -> StageResult:
     """Quantize the distilled student into the stage folder; metrics flattened for the manifest."""
     from facepipe.pipeline.progress import console
@@ -62,4 +69,4 @@ SPEC = register_stage(StageSpec(
     # run.seed picks the faces and the QAT batches; teacher.flip is how benchmarks are scored (as in distill)
     sections=("quantize", "data.train", "data.root", "data.benchmarks", "data.on_error", "run.seed",
               "teacher.flip"),
-    external_inputs=external_inputs, enabled=lambda cfg: cfg.quantize.enabled, code=CODE))
+    external_inputs=external_inputs, enabled=lambda cfg: cfg.quantize.enabled, code=CODE, derived=derived))

@@ -85,7 +85,8 @@ def environment_lines(env: dict) -> list[str]:
     cpu = env.get("cpu", {})
     pk = env.get("packages", {})
     lines = [f"- facepipe {env.get('facepipe')}, Python {env.get('python')}, {env.get('platform')}",
-             f"- CPU: {cpu.get('model')} ({cpu.get('usable')} of {cpu.get('count')} cores usable), load average "
+             f"- CPU: {cpu.get('model')}, {(cpu.get('isa') or {}).get('summary', 'ISA unknown')} ({cpu.get('usable')} of "
+             f"{cpu.get('count')} cores usable), load average "
              f"before the bench {env.get('loadavg_before') or '-'} (1/5/15 min)",
              "- " + ", ".join(f"{k} {pk[k]}" for k in ("torch", "onnxruntime", "openvino", "tensorrt") if k in pk)]
     for d in (env.get("cuda") or {}).get("devices", []):

@@ -57,21 +57,53 @@ def identity(cfg: PipelineConfig, student_sha: str, faces: np.ndarray) -> dict:
     from ..evaluation import faces_fingerprint
 
     q = {k: v for k, v in cfg.section("quantize").items() if k not in NEUTRAL_KEYS}
-    return {"quantize": q, "student": student_sha, "faces": faces_fingerprint(faces), "seed": cfg.run.seed}
+    return {"quantize": q, "student": student_sha, "faces": faces_fingerprint(faces), "seed": cfg.run.seed,
+            "weight_bits": weight_range(cfg)["weight_bits"]}
 
 
-def quantize_models(cfg: PipelineConfig, student, faces: np.ndarray, ckpt) -> tuple[Any, Any, Any]:
-    """(PTQ model, QAT model or None, QatReport or None) for the configured backend and mode."""
+def weight_range(cfg: PipelineConfig, isa: dict | None = None) -> dict:
+    """The weight bits the quantizers use: quantize.overflow_fix resolved against this CPU (`isa`: the
+    device.parse_isa dict, default this machine's), with the reason - recorded in the artifacts."""
+    import platform
+
+    from facepipe.models.quant import safe_weight_bits, saturates_without_vnni
+
+    from ..device import cpu_info
+
+    q = cfg.quantize
+    isa = cpu_info()["isa"] if isa is None else isa
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    at_risk = saturates_without_vnni(q.wbits, q.abits)
+    on = at_risk and (q.overflow_fix is True or (q.overflow_fix == "auto" and x86 and not isa.get("vnni")))
+    bits = safe_weight_bits(q.wbits, q.abits) if on else q.wbits
+    if on:
+        why = (f"{q.wbits}-bit weights x {q.abits}-bit activations can saturate int8 kernels without VNNI; "
+               f"weights keep to {bits} bits ({'quantize.overflow_fix=true' if q.overflow_fix is True else 'this CPU: ' + str(isa.get('summary'))})")
+    elif not at_risk:
+        why = f"w{q.wbits}a{q.abits} cannot saturate 16-bit pair sums"
+    else:
+        why = (f"full {q.wbits}-bit weights: " + ("quantize.overflow_fix=false" if q.overflow_fix is False else
+               f"this CPU has VNNI ({isa.get('summary')})") + "; on an x86 CPU without VNNI their int8 "
+               "kernels may saturate (set quantize.overflow_fix=true for such targets)")
+    return {"wbits": q.wbits, "weight_bits": bits, "overflow_fix": on, "setting": q.overflow_fix,
+            "cpu_isa": isa.get("summary"), "reason": why}
+
+
+def quantize_models(cfg: PipelineConfig, student, faces: np.ndarray, ckpt, wrange: dict) -> tuple[Any, Any, Any]:
+    """(PTQ model, QAT model or None, QatReport or None) for the configured backend and mode, with the weight
+    range of `weight_range`."""
     from .qat import calibrated, run_qat
 
     q = cfg.quantize
     if q.backend == "nncf":
         from .nncf_backend import nncf_ptq
 
-        ptq = nncf_ptq(student, faces, calib_images=q.calib_images, batch_size=q.batch_size)
+        ptq = nncf_ptq(student, faces, calib_images=q.calib_images, batch_size=q.batch_size,
+                       overflow_fix=wrange["overflow_fix"])
         start = copy.deepcopy(ptq)
     else:
-        start = calibrated(student, faces, q.wbits, q.abits, calib_images=q.calib_images, batch_size=q.batch_size,
+        start = calibrated(student, faces, wrange["weight_bits"], q.abits, calib_images=q.calib_images,
+                           batch_size=q.batch_size,
                            weight_symmetric=q.weight_symmetric, act_symmetric=q.act_symmetric)
         ptq = copy.deepcopy(start)
         ptq.freeze_activations()
@@ -93,7 +125,7 @@ def write_artifacts(cfg: PipelineConfig, final, student, meta: dict, out_dir: Pa
     from facepipe.models.quant import save_quantized, write_packed
 
     files = {"qstudent": save_quantized(out_dir / "qstudent.pt", final, meta), "spec": out_dir / SPEC_FILE,
-             "packed": out_dir / f"qstudent.w{q.wbits}.fpq"}
+             "packed": out_dir / f"qstudent.w{meta['weight_range']['weight_bits']}.fpq"}
     write_packed(files["packed"], final)
     return files
 
@@ -116,15 +148,17 @@ def measure(cfg: PipelineConfig, student, models: dict, faceset) -> tuple[dict, 
     return accuracy, cosines
 
 
-def model_rows(cfg: PipelineConfig, models: dict, sizes: dict, accuracy: dict, cosines: dict) -> dict:
-    """Per model (fp32, ptq, qat): bits, accuracy per benchmark, cosine, file and memory bytes."""
+def model_rows(cfg: PipelineConfig, models: dict, sizes: dict, accuracy: dict, cosines: dict,
+               wbits: int) -> dict:
+    """Per model (fp32, ptq, qat): bits (weight bits as used), accuracy per benchmark, cosine, file and memory
+    bytes."""
     q = cfg.quantize
     quant_file = sizes.get("packed_file_bytes") or sizes.get("onnx_int8_file_bytes")
     rows = {"fp32": {"bits": "32/32", "file_bytes": sizes["fp32_file_bytes"],
                      "memory_bytes": sizes["fp32_memory_bytes"]}}
     for name in models:
         if name != "fp32":
-            rows[name] = {"bits": f"{q.wbits}/{q.abits}", "cosine": cosines.get(name), "file_bytes": quant_file,
+            rows[name] = {"bits": f"{wbits}/{q.abits}", "cosine": cosines.get(name), "file_bytes": quant_file,
                           "memory_bytes": sizes["packed_memory_bytes"]}
     for name, per_bench in accuracy.items():
         rows[name]["accuracy"] = {b: s.get("accuracy") for b, s in per_bench.items()}
@@ -159,20 +193,23 @@ def quantize_student(cfg: PipelineConfig, student_path: Path, out_dir: Path, *, 
     save_grid(faceset.faces, outputs["faces"])
 
     ckpt = QatCheckpoint(out_dir / CHECKPOINT, identity(cfg, student.sha256, faceset.faces))
-    ptq, qat, qat_report = quantize_models(cfg, student, faceset.faces, ckpt)
+    wrange = weight_range(cfg)
+    say(f"quantize: weight range {wrange['weight_bits']} bits ({wrange['reason']})")
+    ptq, qat, qat_report = quantize_models(cfg, student, faceset.faces, ckpt, wrange)
     clock["quantize"] = time.perf_counter()
     meta = {"arch": student.arch, "embedding_size": student.embedding_size,
             "preprocess": student.preprocess.to_dict(), "wbits": q.wbits, "abits": q.abits, "mode": q.mode,
-            "data": faceset.kind, "student_sha256": student.sha256, "backend": q.backend}
+            "data": faceset.kind, "student_sha256": student.sha256, "backend": q.backend,
+            "weight_range": wrange}
     files = write_artifacts(cfg, qat if qat is not None else ptq, student, meta, out_dir)
     outputs.update(files)
 
     models = {"fp32": student.module, "ptq": ptq, **({"qat": qat} if qat is not None else {})}
     accuracy, cosines = measure(cfg, student, models, faceset)
     clock["eval"] = time.perf_counter()
-    sizes = size_metrics(Path(student_path), student.module, q.wbits, {k: v for k, v in files.items() if k != "spec"})
-    metrics = {"wbits": q.wbits, "abits": q.abits, "mode": q.mode, "backend": q.backend,
-               "data": faceset.describe(), "models": model_rows(cfg, models, sizes, accuracy, cosines),
+    sizes = size_metrics(Path(student_path), student.module, wrange["weight_bits"], {k: v for k, v in files.items() if k != "spec"})
+    metrics = {"wbits": q.wbits, "abits": q.abits, "mode": q.mode, "backend": q.backend, "weight_range": wrange,
+               "data": faceset.describe(), "models": model_rows(cfg, models, sizes, accuracy, cosines, wrange["weight_bits"]),
                "benchmarks": accuracy, "sizes": sizes, "qat": qat_report.summary() if qat_report else {"steps": 0},
                "seconds": {"data": round(clock["data"] - clock["start"], 2),
                            "quantize": round(clock["quantize"] - clock["data"], 2),

@@ -29,8 +29,9 @@ def _nncf():
     return nncf
 
 
-def nncf_ptq(student: Student, faces: np.ndarray, *, calib_images: int, batch_size: int):
-    """nncf.quantize of a copy of the fp32 student (int8 weights and activations, BN folded by NNCF)."""
+def nncf_ptq(student: Student, faces: np.ndarray, *, calib_images: int, batch_size: int, overflow_fix: bool = False):
+    """nncf.quantize of a copy of the fp32 student (int8 weights and activations, BN folded by NNCF);
+    overflow_fix: 7-bit weights everywhere (for x86 CPUs without VNNI, see models/quant/overflow.py)."""
     nncf = _nncf()
     calib = list(face_batches(faces[:calib_images], batch_size, student.preprocess))
     model = copy.deepcopy(student.module).eval()
@@ -38,7 +39,9 @@ def nncf_ptq(student: Student, faces: np.ndarray, *, calib_images: int, batch_si
         p.requires_grad_(True)
     dataset = nncf.Dataset(calib)
     return nncf.quantize(model, dataset, subset_size=min(calib_images, sum(len(b) for b in calib)),
-                         preset=nncf.QuantizationPreset.MIXED)
+                         preset=nncf.QuantizationPreset.MIXED,
+                         advanced_parameters=nncf.AdvancedQuantizationParameters(
+                             overflow_fix=nncf.OverflowFix.ENABLE if overflow_fix else nncf.OverflowFix.DISABLE))
 
 
 def export_int8_onnx(qmodel, path: Path, student: Student, meta: dict, opset: int = 17) -> Path:

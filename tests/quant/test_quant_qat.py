@@ -15,6 +15,7 @@ from facepipe.pipeline.quant.report import cosine_stats, embed
 from facepipe.pipeline.train.checkpoint import CheckpointError
 
 from quant_synth import smooth_faces, write_student
+from sanity import assert_not_collapsed
 
 torch.set_num_threads(1)
 QAT = dict(batch_size=8, lr=3e-4, weight_decay=0.0, freeze_after=4, seed=0, show_progress=False)
@@ -35,15 +36,25 @@ def cosine(model, student, faces):
     return cosine_stats(ref, embed(model, faces, student.preprocess, "q", 16, show_progress=False))["mean"]
 
 
-def test_ptq_then_qat_lowers_the_loss_and_keeps_the_cosine(student, faces):
-    start = calibrated(student, faces, 4, 4, calib_images=16, batch_size=8)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_qat_beats_ptq_at_4_bits(seed, tmp_path):
+    """At w4a4 PTQ leaves a real gap (cosine ~0.91 to fp32); 60 QAT steps close a third of it on the faces it
+    trains on and do not lose it on held-out faces. One short noisy run (20 steps, batch 8) gained less than
+    fp32 kernel differences between CPUs move a 4-bit model, so each seed here asserts a margin."""
+    student = load_student(write_student(tmp_path / "student.pt", seed=seed))
+    train, held = smooth_faces(64, seed=7 + seed), smooth_faces(32, seed=1000 + seed)
+    probe = embed(student.module, held, student.preprocess, "fp32", 16, show_progress=False)
+    assert_not_collapsed(probe, "fp32 tiny student on held-out faces")
+    start = calibrated(student, train, 4, 4, calib_images=32, batch_size=8)
     ptq = copy.deepcopy(start)
     ptq.freeze_activations()
-    cos_ptq = cosine(ptq, student, faces)
-    report = run_qat(start, student, faces, steps=20, **QAT)
-    assert len(report.losses) == 20 and report.resumed_from == 0
-    assert np.mean(report.losses[-4:]) < 0.9 * np.mean(report.losses[:4]), report.losses
-    assert cosine(start, student, faces) > cos_ptq
+    report = run_qat(start, student, train, steps=60, **{**QAT, "batch_size": 16, "seed": seed})
+    assert len(report.losses) == 60 and report.resumed_from == 0
+    assert np.mean(report.losses[-8:]) < 0.8 * np.mean(report.losses[:8]), report.losses
+    ptq_train, qat_train = cosine(ptq, student, train), cosine(start, student, train)
+    assert ptq_train < 0.97, f"w4a4 PTQ is already near fp32 ({ptq_train:.4f}): no gap for QAT to close"
+    assert qat_train > ptq_train + 0.01, (ptq_train, qat_train)
+    assert cosine(start, student, held) > cosine(ptq, student, held), "QAT lost ground on held-out faces"
     assert all(bool(a.frozen) for a in start.act_quantizers()), "ranges freeze after freeze_after steps"
 
 

@@ -154,3 +154,42 @@ def test_environment_report_and_print(orin):
     assert "numpy" in text and "not installed" in text
     assert "NVIDIA Jetson Orin Nano Developer Kit" in text and "L4T 36.3.0, JetPack 6.0" in text
 
+
+
+ZEN3_FLAGS = ("fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi1 bmi2 sha_ni vaes vpclmulqdq").split()
+ZEN5_FLAGS = ("fpu sse2 fma avx f16c avx2 avx512f avx512dq avx512bw avx512vl avx_vnni avx512_bf16 avx512_vnni "
+              "avx512_vp2intersect").split()
+SAPPHIRE_RAPIDS_FLAGS = "avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8".split()
+ORIN_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp".split()
+
+
+@pytest.mark.parametrize("flags, summary, vnni, bf16", [
+    (ZEN3_FLAGS, "AVX2", False, False),
+    (ZEN5_FLAGS, "AVX-512 + VNNI + BF16", True, True),
+    (SAPPHIRE_RAPIDS_FLAGS, "AVX-512 + VNNI + BF16 + AMX", True, True),
+    (ORIN_FEATURES, "NEON + dotprod", True, False),
+    ([], "baseline (no AVX2 / NEON)", False, False),
+])
+def test_isa_summary_names_what_changes_the_kernels(flags, summary, vnni, bf16):
+    from facepipe.pipeline.device import parse_isa
+
+    isa = parse_isa(flags)
+    assert (isa["summary"], isa["vnni"], isa["bf16"]) == (summary, vnni, bf16)
+
+
+def test_cpu_flags_read_x86_and_arm_cpuinfo():
+    from facepipe.pipeline.device import cpu_flags
+
+    assert cpu_flags("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nflags\t: fpu\n") == \
+        ["fpu", "avx2", "avx512f"]
+    assert cpu_flags("processor\t: 0\nFeatures\t: fp asimd asimddp\n") == ["fp", "asimd", "asimddp"]
+    assert cpu_flags("") == []
+
+
+def test_environment_and_manifests_record_the_isa_of_this_machine():
+    from facepipe.pipeline.device import cpu_flags, environment_report, parse_isa
+    from facepipe.pipeline.manifest import env_info
+
+    expected = parse_isa(cpu_flags())["summary"]
+    assert environment_report(packages=[])["cpu"]["isa"]["summary"] == expected
+    assert env_info("cpu")["cpu_isa"] == expected
