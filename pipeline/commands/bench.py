@@ -103,6 +103,10 @@ def _standalone(cfg, paths: list[Path], out: Path) -> None:
     settings = BenchSettings.from_config(cfg, cache_dir=embeddings_cache_dir())
     outcome = bench_artifacts(items, settings, out, command=invocation())
     typer.echo(f"wrote {outcome.files['markdown']}")
+    failed = [r for r in outcome.rows if r.get("status") != "ok"]
+    if failed:  # the report keeps what was measured; the exit code must not call a failed artifact benched
+        raise ModelError("; ".join(f"{r.get('format')} {r.get('path') or ''}: {r.get('status')}"
+                                   for r in failed) + f" (report: {outcome.files['markdown']})")
     gate.enforce(outcome.misses, str(outcome.files["markdown"]))
 
 
