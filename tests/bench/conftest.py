@@ -18,9 +18,20 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     from facepipe.pipeline.embedder import Preprocess
 
     out = tmp_path_factory.mktemp("artifacts")
+    from facepipe.export.parity import synthetic_faces
+
+    from sanity import assert_not_collapsed
+
     torch.manual_seed(0)
-    model = build_model("mobilefacenet", embedding_size=128).eval()
+    model = build_model("mobilefacenet", embedding_size=128)
     pre = Preprocess()
+    for m in model.modules():  # BN statistics of real activations: identity statistics collapse the embeddings
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    with torch.no_grad():
+        model.train()(torch.from_numpy(pre(synthetic_faces(32, seed=8))))
+        model.eval()
+        assert_not_collapsed(model(torch.from_numpy(pre(synthetic_faces(12, seed=4)))).numpy(), "bench test net")
     torch.save({"format": 1, "kind": "facepipe.student", "state_dict": model.state_dict(), "arch": "mobilefacenet",
                 "embedding_size": 128, "preprocess": pre.to_dict(), "fingerprint": "test"}, out / "student.pt")
     export_onnx(model, out / "student.onnx", pre, 128, "test")

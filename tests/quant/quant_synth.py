@@ -14,30 +14,9 @@ from facepipe.models.registry import build_model
 from facepipe.pipeline.train.checkpoint import STUDENT_KIND, save_checkpoint
 from facepipe.pipeline.train.data import STUDENT_PREPROCESS, student_input
 
-EMB = 16
+from tiny_nets import EMB, TinyFaceNet  # noqa: F401 (re-exported for the quantize tests)
+
 TINY = "quant_test_tiny"
-
-
-class TinyFaceNet(nn.Module):
-    """112x112 -> embedding with the layer kinds MobileFaceNet uses (strided, depthwise and 1x1 convs with BN
-    and PReLU, a residual add, a global depthwise conv, Linear + BatchNorm1d), ~100x cheaper."""
-
-    def __init__(self, embedding_size: int = EMB):
-        super().__init__()
-        self.embedding_size = embedding_size
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 4, 4, bias=False), nn.BatchNorm2d(8), nn.PReLU(8))
-        self.down = nn.Sequential(nn.Conv2d(8, 16, 4, 4, bias=False), nn.BatchNorm2d(16), nn.PReLU(16))
-        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.PReLU(16))
-        self.pw = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
-        self.gdc = nn.Sequential(nn.Conv2d(16, 16, 7, groups=16, bias=False), nn.BatchNorm2d(16))
-        self.linear = nn.Linear(16, embedding_size, bias=False)
-        self.bn = nn.BatchNorm1d(embedding_size, affine=False)
-
-    def forward(self, x):
-        x = self.down(self.stem(x))
-        x = x + self.pw(self.dw(x))
-        return self.bn(self.linear(torch.flatten(self.gdc(x), 1)))
-
 
 
 def smooth_faces(n: int, seed: int = 0, size: int = 112) -> np.ndarray:

@@ -8,6 +8,8 @@ from torch import nn
 
 from facepipe.models.registry import build_model
 
+from sanity import assert_not_collapsed
+
 
 def smooth_images(n: int, seed: int | torch.Generator) -> torch.Tensor:
     """Smooth random images in [-1, 1] (low-frequency noise, closer to faces than white noise)."""
@@ -34,6 +36,13 @@ def trained_like_mfn() -> nn.Module:
             if name.endswith("project"):
                 mod.bn.weight.mul_(0.2)
                 mod.bn.bias.uniform_(-0.1, 0.1)
+        # statistics of the scaled network: the first pass's would map every image to one vector (collapsed,
+        # so that any quantized copy would "match" it)
+        for mod in m.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.reset_running_stats()
+        m(smooth_images(16, 2))
+        assert_not_collapsed(m.eval()(smooth_images(12, 3)).numpy(), "trained_like_mfn")
     return m.eval()
 
 

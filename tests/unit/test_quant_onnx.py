@@ -12,6 +12,8 @@ from facepipe.pipeline.errors import ConfigError, ModelError
 from onnx import numpy_helper
 
 from quant_nets import one_thread, smooth_images as _images, trained_like_mfn  # noqa: F401 (one_thread: autouse fixture)
+from sanity import assert_not_collapsed
+from tiny_nets import warmed_tiny_facenet
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,25 @@ def _export(net, bits, tmp_path_factory):
 @pytest.fixture(scope="module", params=[8, 6], ids=["w8a8", "w6a6"])
 def exported(request, net, tmp_path_factory):
     return _export(net, request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    """For runtime parity: a random 50-layer MobileFaceNet turns one rounding difference between runtimes
+    into a different embedding (ORT vs torch min cosine ~0.99 at w8a8), which says nothing about the export."""
+    return warmed_tiny_facenet(_images(16, 1))
+
+
+@pytest.fixture(scope="module", params=[8, 6], ids=["w8a8", "w6a6"])
+def exported_small(request, small_net, tmp_path_factory):
+    q, path = _export(small_net, request.param, tmp_path_factory)
+    x = _images(8, 7)
+    with torch.no_grad():
+        spread = assert_not_collapsed(q(x).numpy(), "small quantized net")
+        gap = _cos(q(x).numpy(), small_net(x).numpy()).min()
+    # the 0.999 gates below must be able to tell the quantized model from the float one
+    assert gap < 0.999, f"fake-quant equals fp32 here (min cosine {gap}): parity could not catch fp32 weights"
+    return q, path
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,8 +91,8 @@ def test_weight_initializers_are_the_int8_codes(exported):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_onnxruntime_matches_torch(exported, batch):
-    q, path = exported
+def test_onnxruntime_matches_torch(exported_small, batch):
+    q, path = exported_small
     x = _images(batch, 10 + batch)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -79,13 +100,13 @@ def test_onnxruntime_matches_torch(exported, batch):
     out = sess.run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         ref = q(x).numpy()
-    assert out.shape == (batch, 128)
+    assert out.shape == (batch, 16)
     assert _cos(out, ref).min() >= 0.999
 
 
-def test_openvino_loads_and_matches(exported):
+def test_openvino_loads_and_matches(exported_small):
     ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install facepipe[openvino])")
-    q, path = exported
+    q, path = exported_small
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
@@ -122,12 +143,12 @@ def test_sub8bit_activation_zero_points_are_small_even_uint8(exported):
                    for z in zps)
 
 
-def test_openvino_matches_torch_at_w4a4(net, tmp_path_factory):
+def test_openvino_matches_torch_at_w4a4(small_net, tmp_path_factory):
     """Regression: with int8 zero points OpenVINO drifted from torch at 4 bits (min cosine ~0.985 here, 0.92 on
     a real student); the uint8 small-offset form keeps it close. 4-bit parity is chaotic (one rounding flip
     cascades), so the bound is looser than the 8-bit one."""
     ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install facepipe[openvino])")
-    q, path = _export(net, 4, tmp_path_factory)
+    q, path = _export(small_net, 4, tmp_path_factory)
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
