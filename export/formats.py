@@ -96,6 +96,13 @@ def is_gpu_device(device: str) -> bool:
     return d.startswith("cuda") or d in ("jetson", "gpu")
 
 
+def install_hint(f: "Format") -> str:
+    """What installs the runtime of a format ('' when it comes with the base install)."""
+    if f.needs_gpu:
+        return "pip install tensorrt on a machine with an NVIDIA GPU"
+    return "pip install 'facepipe[openvino]'" if f.runtime == "openvino" else ""
+
+
 def check_formats(keys: Iterable[str], device: str = "cpu") -> list[Format]:
     """Formats for `keys`, checked before any work: known keys, a GPU for GPU-only formats, their modules.
 
@@ -109,9 +116,9 @@ def check_formats(keys: Iterable[str], device: str = "cpu") -> list[Format]:
             why.append(f"needs an NVIDIA GPU but the device is {device!r} (set run.device=cuda on a GPU machine, "
                        f"or drop {f.key} from the formats)")
         if f.missing_modules():
-            hint = " (pip install tensorrt on a machine with an NVIDIA GPU)" if f.needs_gpu else \
-                " (pip install 'facepipe[openvino]')" if f.runtime == "openvino" else ""
-            why.append(f"needs the Python module(s) {', '.join(f.missing_modules())}, not installed here{hint}")
+            hint = install_hint(f)
+            why.append(f"needs the Python module(s) {', '.join(f.missing_modules())}, not installed here"
+                       f"{f' ({hint})' if hint else ''}")
         if why:
             problems.append(f"{f.key} " + " and ".join(why))
     if problems:

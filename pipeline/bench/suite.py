@@ -135,13 +135,14 @@ def check_format_keys(keys) -> None:
 
 def unavailable_reason(key: str, device: str) -> str | None:
     """Why a format cannot run here (GPU-only on a CPU, runtime not installed), or None."""
-    from facepipe.export.formats import get_format, is_gpu_device
+    from facepipe.export.formats import get_format, install_hint, is_gpu_device
 
     f = get_format(key)
     if f.needs_gpu and not is_gpu_device(device):
         return f"needs an NVIDIA GPU (device {device})"
     missing = f.missing_modules()
-    return f"needs {', '.join(missing)}, not installed" if missing else None
+    hint = install_hint(f)
+    return f"needs {', '.join(missing)}, not installed{f': {hint}' if hint else ''}" if missing else None
 
 
 def _base_row(key: str, path: Path | None) -> dict:
