@@ -36,6 +36,7 @@ class ExportPlan:
     no_qmodel_reason: str = "no quantized model was given"
     opset: int = 17
     atol: float | None = None
+    int8_cos_floor: float | None = None  # replaces the int8 formats' cosine floor vs the fake-quant model
     trt: BuildSettings = field(default_factory=BuildSettings)
     device: str = "cpu"
     threads: int | None = None
@@ -169,7 +170,8 @@ class Exporter:
                     ("fake-quant model" if kind == "quantized" else "PyTorch fp32 student")
                 result = check_parity(src.reference, emb, faces, fmt, precision=rec["precision"],
                                       atol=self.plan.atol, artifact=str(path),
-                                      cos_floor=INT8_VS_FP32_COS if src.vs_fp32 else None)
+                                      cos_floor=INT8_VS_FP32_COS if src.vs_fp32 else
+                                      self.plan.int8_cos_floor if kind == "quantized" else None)
                 rec["parity"] = {**result, "reference": rec["reference"]}
                 for i, p in enumerate(files):
                     self.outputs[fmt.key if i == 0 else f"{fmt.key}_{p.suffix.lstrip('.')}"] = p

@@ -108,6 +108,22 @@ def synthetic_faces(n: int, size: int = 112, seed: int = 0) -> np.ndarray:
     return out
 
 
+def parity_faces_origin(cfg) -> str:
+    """Where `parity_faces` will take its faces from, without reading them: "real: <benchmark> <path>" or
+    "synthetic (<why>)". Part of the export stage's fingerprint: an artifact gated on synthetic faces is
+    re-checked once real data appears."""
+    from facepipe.pipeline.benchmarks import resolve_benchmark
+
+    specs = list(cfg.data.benchmarks)
+    if not specs:
+        return "synthetic (data.benchmarks is empty)"
+    try:
+        bench = resolve_benchmark(specs[0], cfg.data_root(required=False))
+    except FacepipeError as e:
+        return f"synthetic ({specs[0]} unavailable: {str(e).splitlines()[0]})"
+    return f"real: {bench.name} ({bench.path})"
+
+
 def parity_faces(cfg, n: int) -> tuple[np.ndarray, str]:
     """(faces, source description): the first `n` faces of the first benchmark in data.benchmarks, loaded by
     the benchmark loaders; synthetic faces (and the reason) when there is no such data."""

@@ -179,6 +179,9 @@ class ExportConfig(Section):
     formats: list[str] = ["onnx", "onnx_int8", "openvino", "openvino_int8"]
     opset: int = Field(default=17, ge=17)
     atol: float | None = None  # override every format's parity tolerance (cosine floor stays)
+    # override the cosine floor of the int8 formats vs their fake-quant model (null: 0.999). A weakly trained
+    # model turns one rounding difference between runtimes into a larger embedding change than a trained one
+    int8_cos_floor: float | None = Field(default=None, gt=0, le=1)
     parity_faces: int = Field(default=64, ge=1)  # real faces (first benchmark) for the parity check
     tensorrt: TensorRTConfig = TensorRTConfig()
 
@@ -347,6 +350,8 @@ def _origin_of(loc: tuple, set_keys: list[tuple[tuple[str, ...], str]], origin: 
 # Named override sets applied before the user's --set (which still win). `smoke` runs the whole chain in a
 # few minutes on 2 CPU cores: LFW's first fold, 60 distillation steps at lr 0.1 with the teacher online (no train
 # cache), a short QAT, a short latency run. Its numbers check that the chain works, not how good a model is.
+# Its int8 exports match their fake-quant model to cosine ~0.9975 (min over 16 faces; a 2-epoch student
+# 0.9994): a 60-step student amplifies one rounding difference more, so its int8 gate is 0.995, not 0.999.
 PRESETS: dict[str, tuple[str, ...]] = {
     "smoke": (
         "run.name=smoke", "data.benchmarks=[lfw@1]", "teacher.check=[lfw@1]", "teacher.cache=false",
@@ -354,7 +359,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "distill.batch_size=32",
         "distill.warmup_epochs=0", "distill.tensorboard=false", "distill.best_metric=lfw@1_accuracy",
         "quantize.images=64", "quantize.calib_images=32", "quantize.steps=5", "quantize.batch_size=16",
-        "quantize.freeze_after=3", "export.parity_faces=16", "bench.runs=10", "bench.warmup=2",
+        "quantize.freeze_after=3", "export.parity_faces=16", "export.int8_cos_floor=0.995", "bench.runs=10", "bench.warmup=2",
         "bench.batch_sizes=[1, 8]",
     ),
 }

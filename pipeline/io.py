@@ -7,8 +7,11 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import FacepipeError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -83,3 +86,48 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
             yield path
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class RunLocked(FacepipeError):
+    """Another live process holds the run folder's lock."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold <run_dir>/.lock for the block so that two `facepipe run` on one run folder cannot both train
+    from step 0 unaware of each other. Non-blocking: a live holder is a RunLocked error naming its pid, host,
+    start time and command. The kernel drops the lock when its holder dies (kill -9 included), so a lock file
+    left behind by a dead process is stale by construction and is taken over."""
+    import fcntl
+    import socket
+    import sys
+
+    path = Path(run_dir) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            try:
+                holder = json.loads(fh.read() or "{}")
+            except ValueError:
+                holder = {}
+            raise RunLocked(f"run folder {path.parent} is in use by pid {holder.get('pid', '?')} on "
+                            f"{holder.get('host', '?')} since {holder.get('started', '?')} "
+                            f"({holder.get('command', '?')}): wait for it to finish or stop it, or use another "
+                            "run.name") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}))
+        fh.flush()
+        try:
+            yield path
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        fh.close()

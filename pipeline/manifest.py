@@ -153,6 +153,33 @@ def env_info(device: str) -> dict[str, Any]:
             "tensorrt": version("tensorrt"), "device": device, "cpu": cpu["model"], "cpu_isa": cpu["isa"]["summary"]}
 
 
+RUNTIME_DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "torch-tensorrt")
+
+
+def runtime_identity(device: str) -> dict[str, Any]:
+    """What a measured or exported result depends on beyond config and inputs: the runtime versions (read
+    without importing them), the CPU and its ISA, and the GPU name on a cuda device. Enters the fingerprints
+    of export and bench, so an upgrade or another machine re-measures instead of reporting old numbers."""
+    from .device import cpu_info
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu = cpu_info()
+    out: dict[str, Any] = {d: version(d) for d in RUNTIME_DISTRIBUTIONS}
+    out.update(cpu=cpu["model"], cpu_isa=cpu["isa"]["summary"], device=device)
+    if str(device).startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            index = int(device.split(":")[1]) if ":" in device else 0
+            out["gpu"] = torch.cuda.get_device_name(index)
+    return out
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -217,6 +244,8 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [c for i, (a, b) in enumerate(zip(old, new)) for c in config_changes(a, b, f"{prefix}[{i}]")]
     if old != new or type(old) is not type(new):
+        if prefix.startswith("derived."):  # chosen from the machine, not written by the user
+            return [f"{prefix[len('derived.'):]} changed: {_short(old)} -> {_short(new)}"]
         return [f"config {prefix} changed: {_short(old)} -> {_short(new)}"]
     return []
 

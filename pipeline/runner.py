@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from . import __version__
 from .errors import FacepipeError, StageError
-from .io import sha256_json
+from .io import run_lock, sha256_json
 from .manifest import (COMPLETE, HashCache, code_version, env_info, hash_path, manifest_path, now_iso,
                        read_manifest, remove_manifest, resolve_stored, stale_reasons, stored_path, write_manifest)
 from .registry import Registry
@@ -333,6 +334,12 @@ def run_pipeline(cfg: "PipelineConfig", from_: str | None = None, to: str | None
     say = log or (lambda _msg: None)
     cache = HashCache()
     will_run: dict[str, str] = {}
+    lock = contextlib.nullcontext() if dry_run else run_lock(cfg.run_dir())
+    with lock:
+        return _run_stages(cfg, specs, names, forced, dry_run, outcomes, say, cache, will_run)
+
+
+def _run_stages(cfg, specs, names, forced, dry_run, outcomes, say, cache, will_run) -> list[StageOutcome]:
     try:
         for name in names:
             spec = specs.get(name)

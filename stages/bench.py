@@ -4,7 +4,8 @@ own runtime, on bench.device.
 Artifacts: torch -> the distill stage's student.pt, every other format -> the export stage's output of that
 role; a requested format that was not exported gets a "missing" row. Outputs (runs/<run>/bench/): bench.json,
 report.md, accuracy_vs_latency.png, roc.png. Floors (bench.floors) are checked after the reports are
-written; a miss fails the stage (no manifest), so the next run measures again.
+written; a miss, or an artifact whose row is an error, fails the stage (no manifest), so the next run
+measures again.
 """
 
 from __future__ import annotations
@@ -46,10 +47,23 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     settings = BenchSettings.from_config(cfg, cache_dir=embeddings_cache_dir())
     outcome = bench_artifacts(artifact_inputs(cfg, ctx.inputs), settings, ctx.stage_dir, command=invocation())
+    errored = [r for r in outcome.rows if str(r.get("status", "")).startswith("error")]
+    if errored:  # the report keeps what was measured, but an errored row must not become a fresh result
+        from facepipe.pipeline.errors import StageError
+
+        raise StageError("bench: " + "; ".join(f"{r['format']} ({r.get('path')}): {r['status']}" for r in errored)
+                         + f" (report: {outcome.files['markdown']}; no manifest, so the next run measures again)")
     gate.enforce(outcome.misses, str(outcome.files["markdown"]))
     return StageResult(outputs=dict(outcome.files), metrics=stage_metrics(outcome.rows, settings.batch_sizes))
 
 
+def derived(cfg: PipelineConfig) -> dict:
+    """Runtime versions and the CPU / GPU the latencies and accuracies are measured on."""
+    from facepipe.pipeline.manifest import runtime_identity
+
+    return {"runtime": runtime_identity(cfg.bench.device)}
+
+
 SPEC = register_stage(StageSpec(
     name="bench", run=run, sections=("bench", "data.benchmarks", "data.root", "data.on_error"),
-    after=("distill", "export"), external_inputs=external_inputs, code=CODE))
+    after=("distill", "export"), external_inputs=external_inputs, derived=derived, code=CODE))

@@ -13,6 +13,8 @@ after the others are exported.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from facepipe.pipeline.config import PipelineConfig
 from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
 
@@ -49,6 +51,7 @@ def make_plan(cfg: PipelineConfig, inputs: dict, out_dir, formats: list[str] | N
                       qmodel=inputs.get("quantize.qmodel") or inputs.get("quantize.qstudent"),
                       onnx_int8=inputs.get("quantize.onnx_int8"), no_qmodel_reason=no_qmodel_reason(cfg),
                       opset=cfg.export.opset, atol=cfg.export.atol,
+                      int8_cos_floor=cfg.export.int8_cos_floor,
                       trt=BuildSettings.from_config(cfg.export.tensorrt), device=resolve_device(cfg.run.device),
                       threads=cfg.run.threads)
 
@@ -87,5 +90,31 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(outputs=dict(exporter.outputs), metrics=summary_metrics(report))
 
 
-SPEC = register_stage(StageSpec(name="export", run=run, after=("distill", "quantize"), sections=("export",),
-                                code=CODE))
+def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
+    """The files of the first benchmark (its first faces are the parity faces), when it resolves."""
+    from facepipe.pipeline.benchmarks import resolve_benchmark
+    from facepipe.pipeline.errors import FacepipeError
+    from facepipe.pipeline.evaluation import benchmark_inputs
+
+    specs = list(cfg.data.benchmarks)
+    try:
+        bench = resolve_benchmark(specs[0], cfg.data_root(required=False)) if specs else None
+        return {f"parity.{k}": v for k, v in benchmark_inputs(bench).items()} if bench else {}
+    except FacepipeError:  # no data: synthetic parity faces (derived says so)
+        return {}
+
+
+def derived(cfg: PipelineConfig) -> dict:
+    """Runtime versions, CPU / GPU, and where the parity faces come from (real data or synthetic)."""
+    from facepipe.export.parity import parity_faces_origin
+    from facepipe.pipeline.device import resolve_device
+    from facepipe.pipeline.manifest import runtime_identity
+
+    return {"runtime": runtime_identity(resolve_device(cfg.run.device)), "parity_faces": parity_faces_origin(cfg)}
+
+
+SPEC = register_stage(StageSpec(
+    name="export", run=run, after=("distill", "quantize"),
+    # run.device / run.threads pick the runtime's device and threads; data.* the parity faces
+    sections=("export", "run.device", "run.threads", "data.benchmarks", "data.root", "data.on_error"),
+    external_inputs=external_inputs, derived=derived, code=CODE))

@@ -29,6 +29,28 @@ def test_stage_maps_upstream_roles(tiny_artifacts, pairs_bin, tmp_path):
     assert bench.SPEC.sections == ("bench", "data.benchmarks", "data.root", "data.on_error")
 
 
+def test_an_errored_artifact_fails_the_stage_and_the_cli(tiny_artifacts, pairs_bin, tmp_path, monkeypatch):
+    """A garbage ONNX gives an error row: the stage raises (no complete manifest, so never fresh) after writing
+    the report, and `facepipe bench --artifact` exits 2 instead of 0 with floors.passed."""
+    from facepipe.pipeline.cli import main
+    from facepipe.pipeline.errors import StageError
+    from facepipe.stages import bench
+
+    monkeypatch.setenv("FACEPIPE_CACHE", str(tmp_path / "cache"))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    cfg = _cfg(tmp_path, pairs_bin)
+    cfg.bench.formats = ["onnx"]
+    stage_dir = cfg.run_dir() / "bench"
+    with pytest.raises(StageError, match=r"bench: onnx .*garbage\.onnx.*error"):
+        bench.run(StageContext(cfg, "bench", cfg.run_dir(), stage_dir, {"export.onnx": garbage}))
+    assert (stage_dir / "bench.json").is_file() and not (stage_dir / "manifest.json").exists()
+    out = tmp_path / "standalone"
+    rc = main(["bench", "--artifact", str(garbage), "--out", str(out), "--set", "bench.runs=2",
+               "--set", "bench.warmup=0", "--set", f"bench.benchmarks=['{pairs_bin}']"])
+    assert rc == 2 and (out / "report.md").is_file()
+
+
 @pytest.mark.slow
 def test_stage_run_writes_outputs_and_metrics(tiny_artifacts, pairs_bin, tmp_path, monkeypatch):
     from facepipe.stages import bench
