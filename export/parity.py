@@ -78,12 +78,10 @@ def int8_weight_max(qdq_onnx) -> int | None:
 def overflow_hint(qdq_onnx, isa: dict | None = None) -> str | None:
     """Why an int8 artifact may miss its reference on this CPU, and what to do: full-range 8-bit weights on an
     x86 CPU without VNNI (models/quant/overflow.py). None when that is not the case here."""
-    import platform
-
-    from facepipe.pipeline.device import cpu_info
+    from facepipe.pipeline.device import cpu_info, x86_without_vnni
 
     isa = cpu_info()["isa"] if isa is None else isa
-    if isa.get("vnni") or platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+    if not x86_without_vnni(isa):
         return None
     top = int8_weight_max(qdq_onnx)
     if top is None or top <= 64:

@@ -141,6 +141,13 @@ def parse_isa(flags: Sequence[str]) -> dict[str, Any]:
     return isa
 
 
+def x86_without_vnni(isa: dict | None = None) -> bool:
+    """True on an x86 CPU whose int8 kernels add u8 x s8 product pairs in saturating 16-bit sums (no VNNI /
+    AMX int8): full-range 8-bit weights can overflow there (models/quant/overflow.py)."""
+    isa = cpu_info()["isa"] if isa is None else isa
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and not isa.get("vnni")
+
+
 def cpu_flags(cpuinfo: str | None = None) -> list[str]:
     """The CPU's feature flags from /proc/cpuinfo (first processor); [] where there is no such file."""
     text = _read_text(Path("/proc/cpuinfo")) if cpuinfo is None else cpuinfo

@@ -64,21 +64,19 @@ def identity(cfg: PipelineConfig, student_sha: str, faces: np.ndarray) -> dict:
 def weight_range(cfg: PipelineConfig, isa: dict | None = None) -> dict:
     """The weight bits the quantizers use: quantize.overflow_fix resolved against this CPU (`isa`: the
     device.parse_isa dict, default this machine's), with the reason - recorded in the artifacts."""
-    import platform
-
     from facepipe.models.quant import safe_weight_bits, saturates_without_vnni
 
-    from ..device import cpu_info
+    from ..device import cpu_info, x86_without_vnni
 
     q = cfg.quantize
     isa = cpu_info()["isa"] if isa is None else isa
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
     at_risk = saturates_without_vnni(q.wbits, q.abits)
-    on = at_risk and (q.overflow_fix is True or (q.overflow_fix == "auto" and x86 and not isa.get("vnni")))
+    on = at_risk and (q.overflow_fix is True or (q.overflow_fix == "auto" and x86_without_vnni(isa)))
     bits = safe_weight_bits(q.wbits, q.abits) if on else q.wbits
     if on:
+        by = "quantize.overflow_fix=true" if q.overflow_fix is True else f"this CPU: {isa.get('summary')}"
         why = (f"{q.wbits}-bit weights x {q.abits}-bit activations can saturate int8 kernels without VNNI; "
-               f"weights keep to {bits} bits ({'quantize.overflow_fix=true' if q.overflow_fix is True else 'this CPU: ' + str(isa.get('summary'))})")
+               f"weights keep to {bits} bits ({by})")
     elif not at_risk:
         why = f"w{q.wbits}a{q.abits} cannot saturate 16-bit pair sums"
     else:
