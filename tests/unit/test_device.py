@@ -193,3 +193,12 @@ def test_environment_and_manifests_record_the_isa_of_this_machine():
     expected = parse_isa(cpu_flags())["summary"]
     assert environment_report(packages=[])["cpu"]["isa"]["summary"] == expected
     assert env_info("cpu")["cpu_isa"] == expected
+
+
+def test_the_bench_report_names_the_cpu_isa():
+    from facepipe.pipeline.bench.report import environment_lines
+    from facepipe.pipeline.device import environment_report
+
+    env = environment_report(packages=["torch"])
+    cpu_line = next(line for line in environment_lines(env) if line.startswith("- CPU:"))
+    assert env["cpu"]["isa"]["summary"] in cpu_line
