@@ -6,6 +6,8 @@ data is there, else deterministic synthetic images; the report says which.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from facepipe.pipeline.embedder import Embedder, cosine_rows
@@ -86,7 +88,9 @@ def overflow_hint(qdq_onnx, isa: dict | None = None) -> str | None:
     top = int8_weight_max(qdq_onnx)
     if top is None or top <= 64:
         return None
-    return (f"this CPU ({isa.get('summary')}, no VNNI) adds pairs of u8 x s8 products in saturating 16-bit sums, "
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    where = f"oneDNN capped at {cap} by ONEDNN_MAX_CPU_ISA" if cap and isa.get("vnni") else isa.get("summary")
+    return (f"this CPU ({where}, no VNNI) adds pairs of u8 x s8 products in saturating 16-bit sums, "
             f"and {qdq_onnx} uses full-range 8-bit weights (|code| up to {top}): re-quantize with 7-bit weights "
             "(quantize.overflow_fix=true; the default 'auto' does it when quantizing on such a CPU), or deploy on a CPU with VNNI")
 

@@ -141,11 +141,17 @@ def parse_isa(flags: Sequence[str]) -> dict[str, Any]:
     return isa
 
 
+# oneDNN (inside torch and OpenVINO) runs no VNNI kernel when ONEDNN_MAX_CPU_ISA caps it at one of these
+ONEDNN_ISAS_WITHOUT_VNNI = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
+
+
 def x86_without_vnni(isa: dict | None = None) -> bool:
     """True on an x86 CPU whose int8 kernels add u8 x s8 product pairs in saturating 16-bit sums (no VNNI /
-    AMX int8): full-range 8-bit weights can overflow there (models/quant/overflow.py)."""
+    AMX int8, or oneDNN capped below VNNI by ONEDNN_MAX_CPU_ISA): full-range 8-bit weights can overflow
+    there (models/quant/overflow.py)."""
     isa = cpu_info()["isa"] if isa is None else isa
-    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and not isa.get("vnni")
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_VNNI
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and (capped or not isa.get("vnni"))
 
 
 def cpu_flags(cpuinfo: str | None = None) -> list[str]:

@@ -171,6 +171,8 @@ def runtime_identity(device: str) -> dict[str, Any]:
     cpu = cpu_info()
     out: dict[str, Any] = {d: version(d) for d in RUNTIME_DISTRIBUTIONS}
     out.update(cpu=cpu["model"], cpu_isa=cpu["isa"]["summary"], device=device)
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # caps the kernels torch and OpenVINO pick (int8: see overflow.py)
+        out["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
     if str(device).startswith("cuda"):
         import torch
 

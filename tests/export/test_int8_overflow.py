@@ -126,3 +126,5 @@ def test_parity_hint_names_the_cause_only_where_it_applies(tmp_path, monkeypatch
     assert hint and "no VNNI" in hint and "quantize.overflow_fix=true" in hint and "128" in hint
     assert overflow_hint(seven, ZEN3) is None  # 7-bit weights cannot saturate
     assert overflow_hint(full, ZEN5) is None  # VNNI accumulates in 32 bits
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the kernels of a VNNI CPU capped below VNNI
+    assert "oneDNN capped at AVX2" in overflow_hint(full, ZEN5)
