@@ -136,21 +136,17 @@ def code_version(modules: Iterable[str]) -> str:
     return sha256_json({"facepipe": __version__, "modules": {m: module_source_hash(m) for m in dict.fromkeys(modules)}})
 
 
+def _dist_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def env_info(device: str) -> dict[str, Any]:
-    """Versions that can change a stage's numbers, read without importing the libraries."""
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    from .device import cpu_info
-
-    cpu = cpu_info()
-    return {"python": platform.python_version(), "platform": platform.platform(), "torch": version("torch"),
-            "onnxruntime": version("onnxruntime"), "openvino": version("openvino"),
-            "tensorrt": version("tensorrt"), "device": device, "cpu": cpu["model"], "cpu_isa": cpu["isa"]["summary"]}
+    """Versions and machine that can change a stage's numbers (recorded in every manifest), read without
+    importing the libraries."""
+    return {"python": platform.python_version(), "platform": platform.platform(), **runtime_identity(device)}
 
 
 RUNTIME_DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "torch-tensorrt")
@@ -162,14 +158,8 @@ def runtime_identity(device: str) -> dict[str, Any]:
     of export and bench, so an upgrade or another machine re-measures instead of reporting old numbers."""
     from .device import cpu_info
 
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
     cpu = cpu_info()
-    out: dict[str, Any] = {d: version(d) for d in RUNTIME_DISTRIBUTIONS}
+    out: dict[str, Any] = {d: _dist_version(d) for d in RUNTIME_DISTRIBUTIONS}
     out.update(cpu=cpu["model"], cpu_isa=cpu["isa"]["summary"], device=device)
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # caps the kernels torch and OpenVINO pick (int8: see overflow.py)
         out["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
