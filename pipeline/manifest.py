@@ -121,6 +121,11 @@ def hash_path(path: str | os.PathLike, cache: HashCache | None = None, label: st
 
 def module_source_hash(name: str) -> str:
     """sha256 of a module's source file ("unavailable" when it has none, e.g. a builtin)."""
+    from .codeclosure import module_file
+
+    local = module_file(name)  # facepipe modules: located without importing their packages
+    if local is not None:
+        return sha256_file(local)
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):

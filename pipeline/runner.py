@@ -40,10 +40,19 @@ class StageSpec:
     after: tuple[str, ...] = ()  # upstream stages; their manifest outputs become inputs
     external_inputs: Callable[["PipelineConfig"], dict[str, Path]] | None = None  # files/dirs named by config
     enabled: Callable[["PipelineConfig"], bool] = _always
-    code: tuple[str, ...] = ()  # extra modules whose source enters code_version
+    code: tuple[str, ...] = ()  # modules loaded by name at run time (the static import closure is computed)
     # values the stage derives from the config and this machine (e.g. a weight range chosen from the CPU's
     # ISA): they enter the fingerprint beside the config, so another machine's choice is never reused
     derived: Callable[["PipelineConfig"], dict] | None = None
+
+
+def stage_code(spec: StageSpec) -> list[str]:
+    """The modules whose source makes a stage's code version: the import closure of its module (and of
+    spec.code), computed from the sources - see pipeline/codeclosure.py."""
+    from .codeclosure import import_closure
+
+    roots = [m for m in (getattr(spec.run, "__module__", None), *spec.code) if m]
+    return import_closure(*roots) or roots
 
 
 @dataclass
@@ -212,7 +221,7 @@ def _assess(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSp
             missing.append(f"input {role} not found: {p}")
             unknown.append(role)
             reasons.append(f"input {role} missing: {p}")
-    code = code_version([m for m in (getattr(spec.run, "__module__", None), *spec.code) if m])
+    code = code_version(stage_code(spec))
     config = {s: cfg.section(s) for s in spec.sections}
     if spec.derived is not None:
         config["derived"] = spec.derived(cfg)

@@ -15,11 +15,6 @@ from pathlib import Path
 from facepipe.pipeline.config import PipelineConfig
 from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
 
-CODE = ("facepipe.pipeline.bench.suite", "facepipe.pipeline.bench.latency", "facepipe.pipeline.bench.probe",
-        "facepipe.pipeline.bench.accuracy", "facepipe.pipeline.bench.gate", "facepipe.export.artifacts",
-        "facepipe.pipeline.bench.jetson", "facepipe.pipeline.bench.report", "facepipe.pipeline.evaluation",
-        "facepipe.pipeline.benchmarks", "facepipe.pipeline.metrics", "facepipe.pipeline.embedder")
-
 
 def artifact_inputs(cfg: PipelineConfig, inputs: dict[str, Path]) -> dict[str, Path | None]:
     """bench.formats key -> its artifact among the stage inputs (None when it was not produced)."""
@@ -66,4 +61,4 @@ def derived(cfg: PipelineConfig) -> dict:
 
 SPEC = register_stage(StageSpec(
     name="bench", run=run, sections=("bench", "data.benchmarks", "data.root", "data.on_error"),
-    after=("distill", "export"), external_inputs=external_inputs, derived=derived, code=CODE))
+    after=("distill", "export"), external_inputs=external_inputs, derived=derived))

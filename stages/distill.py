@@ -16,14 +16,6 @@ from pathlib import Path
 from facepipe.pipeline.config import PipelineConfig
 from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
 
-CODE = ("facepipe.pipeline.train.trainer", "facepipe.pipeline.train.data", "facepipe.pipeline.train.sampler",
-        "facepipe.pipeline.train.schedule", "facepipe.pipeline.train.targets", "facepipe.pipeline.train.checkpoint",
-        "facepipe.pipeline.train.dist", "facepipe.pipeline.train.evaluate", "facepipe.pipeline.train.worker",
-        "facepipe.models.mobilefacenet", "facepipe.models.losses.weighted", "facepipe.models.losses.adadistill",
-        "facepipe.models.losses.adaface", "facepipe.models.losses.adaface_geom", "facepipe.models.losses.margin",
-        "facepipe.models.losses.kd", "facepipe.models.losses.unified", "facepipe.models.losses.relational",
-        "facepipe.models.losses.contrastive", "facepipe.models.losses.angular", "facepipe.pipeline.benchmarks",
-        "facepipe.pipeline.metrics", "facepipe.pipeline.data.imagefolder")
 
 # distill keys that do not change the training trajectory: a checkpoint stays resumable across them
 NEUTRAL_KEYS = ("devices", "num_workers", "eval_every", "benchmarks", "best_metric", "save_every", "log_every",
@@ -236,4 +228,4 @@ SPEC = register_stage(StageSpec(
     sections=("distill", "data.train", "data.on_error", "data.root", "data.benchmarks", "data.batch_size",
               "data.generated", "data.generated_eval",
               "teacher", "run.seed", "run.device"),
-    external_inputs=external_inputs, code=CODE))
+    external_inputs=external_inputs))

@@ -18,10 +18,6 @@ from pathlib import Path
 from facepipe.pipeline.config import PipelineConfig
 from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
 
-CODE = ("facepipe.export.formats", "facepipe.export.metadata", "facepipe.export.onnx", "facepipe.export.openvino",
-        "facepipe.export.tensorrt", "facepipe.export.torch_tensorrt", "facepipe.export.parity",
-        "facepipe.export.artifacts", "facepipe.export.exporter")
-
 
 def plan_formats(cfg: PipelineConfig) -> list[str]:
     """export.formats, deduplicated; tensorrt means torch_tensorrt when export.tensorrt.builder says so."""
@@ -117,4 +113,4 @@ SPEC = register_stage(StageSpec(
     name="export", run=run, after=("distill", "quantize"),
     # run.device / run.threads pick the runtime's device and threads; data.* the parity faces
     sections=("export", "run.device", "run.threads", "data.benchmarks", "data.root", "data.on_error"),
-    external_inputs=external_inputs, derived=derived, code=CODE))
+    external_inputs=external_inputs, derived=derived))

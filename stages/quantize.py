@@ -8,26 +8,10 @@ qat_log.csv; with quantize.backend=nncf the int8 QDQ ONNX instead of the .pt / .
 
 from __future__ import annotations
 
-import importlib.util
-import pkgutil
 from pathlib import Path
 
 from facepipe.pipeline.config import PipelineConfig
 from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
-
-
-def _package_modules(package: str) -> tuple[str, ...]:
-    """A package and its submodules, found without importing them (their sources enter code_version)."""
-    spec = importlib.util.find_spec(package)
-    paths = list(spec.submodule_search_locations or []) if spec else []
-    return (package, *sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(paths)))
-
-
-CODE = (*_package_modules("facepipe.pipeline.quant"), *_package_modules("facepipe.models.quant"),
-        "facepipe.pipeline.assets", "facepipe.pipeline.data.detect", "facepipe.pipeline.data.align",
-        "facepipe.pipeline.data.imagefolder", "facepipe.pipeline.teachers", "facepipe.pipeline.benchmarks",
-        "facepipe.pipeline.metrics", "facepipe.pipeline.train.data", "facepipe.pipeline.train.checkpoint",
-        "facepipe.models.mobilefacenet")
 
 
 def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
@@ -69,4 +53,4 @@ SPEC = register_stage(StageSpec(
     # run.seed picks the faces and the QAT batches; teacher.flip is how benchmarks are scored (as in distill)
     sections=("quantize", "data.train", "data.root", "data.benchmarks", "data.on_error", "run.seed",
               "teacher.flip"),
-    external_inputs=external_inputs, enabled=lambda cfg: cfg.quantize.enabled, code=CODE, derived=derived))
+    external_inputs=external_inputs, enabled=lambda cfg: cfg.quantize.enabled, derived=derived))

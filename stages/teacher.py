@@ -13,11 +13,6 @@ from facepipe.pipeline.config import PipelineConfig
 from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
 from facepipe.pipeline.progress import table_console
 
-CODE = ("facepipe.pipeline.teachers", "facepipe.pipeline.embedder", "facepipe.pipeline.cache",
-        "facepipe.pipeline.evaluation", "facepipe.pipeline.benchmarks", "facepipe.pipeline.metrics",
-        "facepipe.pipeline.data.lfw", "facepipe.pipeline.data.binfile", "facepipe.pipeline.data.align",
-        "facepipe.pipeline.data.imagefolder", "facepipe.pipeline.data.images")
-
 
 def _train_path(cfg: PipelineConfig) -> Path:
     p = Path(cfg.data.train)
@@ -129,4 +124,4 @@ def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
 SPEC = register_stage(StageSpec(
     name="teacher", run=run, sections=("teacher", "data.train", "data.on_error", "data.root", "data.generated",
                                        "data.generated_eval", "run.seed"),
-    external_inputs=external_inputs, code=CODE))
+    external_inputs=external_inputs))

@@ -107,3 +107,56 @@ def test_a_second_run_on_one_run_folder_is_refused_naming_the_holder(tmp_path):
     with run_lock(run_dir):  # stale: taken over
         pass
     assert [o.status for o in run_pipeline(cfg, stages=stages) if o.name == "bench"] == ["ran"]
+
+
+# What the issue found missing from the hand-kept CODE tuples: each must be in the computed closure.
+MISSING_FROM_THE_OLD_TUPLES = {
+    "teacher": ["pipeline.datafree", "pipeline.quant.dcgan", "models.iresnet", "models.cvlface"],
+    "distill": ["models.losses.base", "models.losses.memory", "models.losses.distributed", "models.losses.registry",
+                "pipeline.cache", "pipeline.embedder", "pipeline.datafree", "pipeline.train.launch",
+                "pipeline.train.logs"],
+    "export": ["models.quant.onnx_qdq", "models.quant.storage"],
+    "bench": ["pipeline.device", "pipeline.plots", "export.onnx", "export.openvino", "export.tensorrt"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(MISSING_FROM_THE_OLD_TUPLES))
+def test_a_stage_code_is_its_computed_import_closure(stage):
+    import importlib
+
+    from facepipe.pipeline.runner import stage_code
+
+    spec = importlib.import_module(f"facepipe.stages.{stage}").SPEC
+    closure = set(stage_code(spec))
+    missing = [m for m in MISSING_FROM_THE_OLD_TUPLES[stage] if f"facepipe.{m}" not in closure]
+    assert not missing, missing
+    assert f"facepipe.stages.{stage}" in closure and "facepipe.models" in closure  # package __init__ files too
+
+
+def test_editing_a_module_of_the_closure_changes_the_stage_code_version(monkeypatch):
+    """The issue's case: editing l2n in models/losses/base.py quartered feature_kd while distill stayed fresh."""
+    from facepipe.pipeline.codeclosure import module_file
+    from facepipe.pipeline.manifest import code_version
+    from facepipe.pipeline.runner import stage_code
+    from facepipe.stages import distill
+
+    modules = stage_code(distill.SPEC)
+    before = code_version(modules)
+    edited = module_file("facepipe.models.losses.base")
+    real = manifest_mod.sha256_file
+    monkeypatch.setattr(manifest_mod, "sha256_file", lambda p: "edited" if Path(p) == edited else real(p))
+    assert code_version(modules) != before
+
+
+def test_the_closure_follows_relative_and_function_level_imports_and_skips_type_checking(tmp_path):
+    import ast
+
+    from facepipe.pipeline.codeclosure import _imported_names
+
+    src = ("from __future__ import annotations\nfrom typing import TYPE_CHECKING\nfrom .x import y\n"
+           "from .. import sibling\nif TYPE_CHECKING:\n    from facepipe.pipeline import hidden\n"
+           "def f():\n    from facepipe.export import onnx\n    import facepipe.models.registry\n")
+    names = _imported_names(ast.parse(src), "facepipe.pipeline.quant.job", is_package=False)
+    assert {"facepipe.pipeline.quant.x", "facepipe.pipeline.quant.x.y", "facepipe.pipeline.sibling",
+            "facepipe.export.onnx", "facepipe.models.registry"} <= names
+    assert "facepipe.pipeline.hidden" not in names
