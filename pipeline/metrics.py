@@ -38,16 +38,18 @@ def embedding_spread(emb: np.ndarray) -> dict:
     inputs land. {n, pairs, cos_mean, cos_std, cos_min, cos_max, collapsed}.
 
     A check that compares two models passes whatever the code does when every input gives the same vector;
-    guard such checks with `collapsed` (cos_std < COLLAPSE_STD, or a non-finite embedding)."""
+    guard such checks with `collapsed`: every pair closer than 1 - COLLAPSE_STD in cosine, a pairwise std
+    below COLLAPSE_STD (with 3+ pairs: one pair has no spread), or a non-finite embedding."""
     e = np.asarray(emb, dtype=np.float64)
     if e.ndim != 2 or len(e) < 2:
         raise ValueError(f"embedding_spread needs at least 2 embeddings as rows, got shape {e.shape}")
     finite = bool(np.isfinite(e).all())
     cos = (l2_normalize(e) @ l2_normalize(e).T)[np.triu_indices(len(e), 1)] if finite else np.full(1, np.nan)
-    std = float(cos.std())
+    std, lo = float(cos.std()), float(cos.min())
+    # every input within a few degrees of every other, or (with enough pairs to tell) no spread at all
+    collapsed = not finite or not (1.0 - lo >= COLLAPSE_STD) or (len(cos) >= 3 and not std >= COLLAPSE_STD)
     return {"n": int(len(e)), "pairs": int(len(cos)), "cos_mean": float(cos.mean()), "cos_std": std,
-            "cos_min": float(cos.min()), "cos_max": float(cos.max()),
-            "collapsed": bool(not finite or not std >= COLLAPSE_STD)}
+            "cos_min": lo, "cos_max": float(cos.max()), "collapsed": bool(collapsed)}
 
 
 def kfold_ids(n: int, n_folds: int = 10) -> np.ndarray:

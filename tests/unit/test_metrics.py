@@ -345,3 +345,18 @@ def test_weak_model_on_label_sorted_pairs_is_not_scored_near_zero(rng):
     consecutive = verification_10fold(a, b, issame, folds=kfold_ids(2 * n))["accuracy"]
     stratified = verification_10fold(a, b, issame, folds=stratified_kfold_ids(issame))["accuracy"]
     assert consecutive < 30 and 45 <= stratified <= 75, (consecutive, stratified)
+
+
+def test_embedding_spread_flags_collapsed_sets():
+    from facepipe.pipeline.metrics import embedding_spread
+
+    rng = np.random.default_rng(0)
+    spread = embedding_spread(rng.normal(size=(40, 128)))
+    assert not spread["collapsed"] and spread["pairs"] == 780 and abs(spread["cos_mean"]) < 0.05
+    one_direction = np.ones((40, 128)) + 1e-6 * rng.normal(size=(40, 128))  # the old 10-step smoke student
+    assert embedding_spread(one_direction)["collapsed"]
+    offset = 10.0 + 0.01 * rng.normal(size=(40, 128))  # distinct, but all within a degree of each other
+    assert embedding_spread(offset)["collapsed"]
+    assert not embedding_spread(np.eye(2, 8))["collapsed"]  # one orthogonal pair: spread, though std is 0
+    assert embedding_spread(np.array([[1.0, 0.0], [1.0, 1e-4]]))["collapsed"]
+    assert embedding_spread(np.array([[np.nan, 1.0], [1.0, 0.0]]))["collapsed"]
