@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
 from facepipe.models.registry import build_model
 from facepipe.pipeline.train.checkpoint import STUDENT_KIND, save_checkpoint

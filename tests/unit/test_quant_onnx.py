@@ -47,7 +47,7 @@ def exported_small(request, small_net, tmp_path_factory):
     q, path = _export(small_net, request.param, tmp_path_factory)
     x = _images(8, 7)
     with torch.no_grad():
-        spread = assert_not_collapsed(q(x).numpy(), "small quantized net")
+        assert_not_collapsed(q(x).numpy(), "small quantized net")
         gap = _cos(q(x).numpy(), small_net(x).numpy()).min()
     # the 0.999 gates below must be able to tell the quantized model from the float one
     assert gap < 0.999, f"fake-quant equals fp32 here (min cosine {gap}): parity could not catch fp32 weights"
