@@ -64,6 +64,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    """torch.save `obj` to `path` atomically, byte-identical for identical content: serialised in memory
+    first (torch.save to a file names its zip entries after that file, here a random temporary name, so the
+    same weights gave different bytes and every downstream stage re-ran)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from facepipe.pipeline.errors import ModelError
-from facepipe.pipeline.io import atomic_path, atomic_write_bytes, atomic_write_json
+from facepipe.pipeline.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 from .formulas import dequantize, qrange, to_onnx_qparams
 from .prepare import QuantizedModel, prepare_quantized
@@ -61,8 +61,7 @@ def save_quantized(path: str | Path, qmodel: QuantizedModel, meta: dict | None =
     ckpt = {"format": FORMAT, "arch": arch, "embedding_size": emb, "preprocess": pre,
             "settings": qmodel.settings(),
             "state_dict": {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()}, "meta": meta}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    atomic_torch_save(path, ckpt)
     atomic_write_json(path.parent / SPEC_NAME, {**qmodel.spec(), "arch": arch, "embedding_size": emb})
     return path
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from facepipe.pipeline.errors import FacepipeError
-from facepipe.pipeline.io import atomic_path, sha256_json
+from facepipe.pipeline.io import atomic_torch_save, sha256_json
 
 FORMAT = 1
 KIND = "facepipe.distill.checkpoint"  # checkpoints/last.pt: everything needed to resume
@@ -58,11 +58,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # --- files ------------------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, payload: dict[str, Any], kind: str = KIND) -> Path:
-    """torch.save to a temporary name beside `path`, fsync, rename: a kill never leaves half a file."""
-    payload = {"format": FORMAT, "kind": kind, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    """torch.save to memory, then a temporary name beside `path`, fsync, rename: a kill never leaves half a
+    file, and identical content gives identical bytes."""
+    return atomic_torch_save(path, {"format": FORMAT, "kind": kind, **payload})
 
 
 def load_checkpoint(path: str | Path, kind: str = KIND) -> dict[str, Any]:

@@ -160,3 +160,26 @@ def test_the_closure_follows_relative_and_function_level_imports_and_skips_type_
     assert {"facepipe.pipeline.quant.x", "facepipe.pipeline.quant.x.y", "facepipe.pipeline.sibling",
             "facepipe.export.onnx", "facepipe.models.registry"} <= names
     assert "facepipe.pipeline.hidden" not in names
+
+
+def test_identical_weights_give_identical_bytes(tmp_path):
+    """Item 8: torch.save to a temporary file named its zip entries after it, so re-finalising a distill with the
+    same weights wrote other bytes and quantize, export and bench re-ran for nothing."""
+    import torch
+
+    from facepipe.models.quant import prepare_quantized, save_quantized
+    from facepipe.pipeline.train.checkpoint import save_checkpoint
+
+    payload = {"state_dict": {"w": torch.arange(10.0)}, "arch": "mobilefacenet"}
+    a, b = save_checkpoint(tmp_path / "a.pt", payload), save_checkpoint(tmp_path / "sub" / "b.pt", payload)
+    assert a.read_bytes() == b.read_bytes()
+
+    from tiny_nets import warmed_tiny_facenet
+
+    net = warmed_tiny_facenet(torch.rand(8, 3, 112, 112) * 2 - 1)
+    q = prepare_quantized(net, 8, 8)
+    q.calibrate([torch.rand(4, 3, 112, 112) * 2 - 1])
+    q.freeze_activations()
+    meta = {"arch": "x", "embedding_size": 16, "preprocess": {"size": 112}}
+    first = save_quantized(tmp_path / "q1" / "qstudent.pt", q.eval(), meta).read_bytes()
+    assert first == save_quantized(tmp_path / "q2" / "qstudent.pt", q, meta).read_bytes()
