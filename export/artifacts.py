@@ -36,10 +36,15 @@ def format_for_path(path: str | os.PathLike) -> Format:
 
 
 def artifact_files(path: str | os.PathLike, fmt: Format | str | None = None) -> list[Path]:
-    """The artifact's file and its companions (OpenVINO .bin, TensorRT sidecar)."""
+    """The artifact's file and its companions (OpenVINO .bin, TensorRT sidecar, ONNX external data)."""
     path = Path(path)
     fmt = get_format(fmt) if isinstance(fmt, str) else (fmt or format_for_path(path))
-    return [path] + [path.with_suffix(c) for c in fmt.companions]
+    files = [path] + [path.with_suffix(c) for c in fmt.companions]
+    if fmt.suffix.endswith(".onnx") and path.is_file():
+        from facepipe.pipeline.embedder import onnx_external_files
+
+        files += onnx_external_files(path)
+    return files
 
 
 def artifact_fingerprint(path: str | os.PathLike, fmt: Format | str | None = None) -> str:

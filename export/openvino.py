@@ -7,6 +7,7 @@ real int8. facepipe metadata lives in the IR's rt_info under "facepipe".
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -30,11 +31,26 @@ def import_openvino():
     return openvino
 
 
+_GENERATED_NAME = re.compile(r"([A-Za-z]+)_\d+")
+
+
+def _number_generated_names(model) -> None:
+    """convert_model names the nodes it creates from a process-wide counter (Range_8, then Range_2550 on
+    the next conversion in one process), so one ONNX gave other IR bytes; number such names by position."""
+    for i, op in enumerate(model.get_ordered_ops()):
+        if op.get_type_name() in ("Parameter", "Result"):
+            continue
+        m = _GENERATED_NAME.fullmatch(op.get_friendly_name())
+        if m:
+            op.set_friendly_name(f"{m.group(1)}_{i}")
+
+
 def onnx_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, meta: ArtifactMeta) -> Path:
     """Convert an ONNX file to IR at xml_path (+ .bin beside it) with `meta` in rt_info; returns xml_path."""
     ov = import_openvino()
     xml_path = Path(xml_path)
     model = ov.convert_model(str(onnx_path))
+    _number_generated_names(model)
     props = meta.to_props()
     for key in RT_KEYS:
         model.set_rt_info(props[f"facepipe.{key}"], [RT_ROOT, key])

@@ -5,8 +5,8 @@ Layout under cache_dir, for key K = cache_key(teacher, faces, flip):
   K.flip.npy   float32 (N, D) embeddings of the mirrored faces (flip=True only)
   K.json       sidecar {format, key, teacher, data, preprocess, n, dim, flip, skipped, complete, ...}, written last
 Arrays are filled under temporary names and renamed when complete; the sidecar is the commit marker, so
-a killed build is never reused, and a changed teacher file, preprocessing, data listing or flip gives a
-different key. Faces the source skips (image(i) is None under data.on_error=skip) get NaN rows and are
+a killed build is never reused, and a changed teacher file, preprocessing, image bytes, flip, reading /
+preprocessing code or runtime gives a different key. Faces the source skips (image(i) is None under data.on_error=skip) get NaN rows and are
 listed in `skipped`.
 """
 
@@ -25,6 +25,7 @@ from .errors import DataError, ModelError
 from .io import atomic_write_json, exclusive_lock, sha256_json
 
 CACHE_FORMAT = 1
+TEACHER_RUNTIMES = ("torch", "onnx", "onnxruntime")  # every teacher kind loads through these
 
 
 class FaceSourceLike(Protocol):
@@ -34,14 +35,40 @@ class FaceSourceLike(Protocol):
 
     def image(self, i: int) -> np.ndarray | None: ...
 
-    def listing_hash(self) -> str: ...
+    def content_hash(self) -> str: ...
 
 
-def cache_key(teacher, faces: FaceSourceLike, flip: bool) -> str:
-    """sha256 of the teacher fingerprint (file hashes, kind, arch, preprocessing), the data listing hash
-    and the flip flag. `teacher` is a TeacherSource (or anything with fingerprint())."""
-    return sha256_json({"format": CACHE_FORMAT, "teacher": teacher.fingerprint(),
-                        "data": faces.listing_hash(), "flip": bool(flip)})
+def cache_key(model_source, faces: FaceSourceLike, flip: bool, device: str = "cpu") -> str:
+    """sha256 of what an embedding depends on: the model's fingerprint (file hashes, kind, arch,
+    preprocessing), the faces' content hash, the flip flag, the code that reads, aligns, preprocesses and
+    embeds them (the import closure of the face source, the model source and this module), and the runtime
+    that computes them (versions, CPU / GPU; see embedding_context)."""
+    return sha256_json({"format": CACHE_FORMAT, "teacher": model_source.fingerprint(),
+                        "data": faces.content_hash(), "flip": bool(flip),
+                        **embedding_context(model_source, faces, device)})
+
+
+def embedding_context(model_source, faces, device: str = "cpu") -> dict:
+    """{"code": hash of the code behind an embedding, "runtime": the runtime identity}. A model source may
+    name its runtime distributions (`runtime_distributions()`); the default is what any teacher loads with."""
+    from .codeclosure import import_closure
+    from .manifest import code_version, runtime_identity
+
+    code = code_version(import_closure(type(faces).__module__, type(model_source).__module__, __name__,
+                                       "facepipe.pipeline.embedder"))
+    names = getattr(model_source, "runtime_distributions", None)
+    dists = tuple(names()) if callable(names) else TEACHER_RUNTIMES
+    return {"code": code, "runtime": runtime_identity(device, dists)}
+
+
+def embedder_device(embedder, default: str = "cpu") -> str:
+    """"cpu" or "cuda[:i]": where an embedder computes (ONNX Runtime: from its execution providers)."""
+    providers = getattr(embedder, "providers", None)
+    if providers:
+        names = [p[0] if isinstance(p, (tuple, list)) else str(p) for p in providers]
+        return "cuda" if any(n.startswith(("CUDA", "Tensorrt")) for n in names) else "cpu"
+    dev = getattr(embedder, "device", None)
+    return str(dev) if dev is not None else default
 
 
 def _paths(cache_dir: Path, key: str) -> tuple[Path, Path, Path]:
@@ -162,7 +189,7 @@ class TeacherCache:
         seconds = time.perf_counter() - t0
         atomic_write_json(meta_path, {
             "format": CACHE_FORMAT, "key": key, "teacher": _teacher_info(embedder),
-            "data": source.listing_hash(), "preprocess": embedder.preprocess.to_dict(),
+            "data": source.content_hash(), "preprocess": embedder.preprocess.to_dict(),
             "n": n, "dim": dim, "flip": bool(flip), "dtype": "float32", "skipped": skipped,
             "files": {"embeddings": emb_path.name, "flipped": flip_path.name if flip else None},
             "seconds": round(seconds, 3), "img_per_s": round(n * len(targets) / max(seconds, 1e-9), 2),
@@ -228,7 +255,8 @@ def open_or_build(teacher_source, faces: FaceSourceLike, cache_dir: str | os.Pat
     from .teachers import check_teacher_dim
 
     cfg = teacher_source.cfg
-    key = cache_key(teacher_source, faces, flip)
+    key = cache_key(teacher_source, faces, flip,
+                    device=embedder_device(embedder, device) if embedder is not None else device)
     found = None if rebuild else TeacherCache.open(cache_dir, key)
     if found is not None:
         if found.dim != cfg.embedding_size:

@@ -278,6 +278,52 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict:
     return parse_onnx_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
+def _graph_tensors(graph):
+    """Every TensorProto of a graph: initializers, node attribute tensors, and those of subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def onnx_external_files(path: str | os.PathLike, proto=None) -> list[Path]:
+    """The external data files an ONNX model's weights live in (sorted, each once), resolved beside the model.
+    Part of the model's identity: a changed weights file is a changed model. A missing file, or one outside
+    the model's folder, is a ModelError naming it."""
+    import onnx
+
+    path = Path(path)
+    if proto is None:
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # DecodeError, OSError: a file that is not an ONNX model
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{path}: not a readable ONNX model ({first})") from None
+    folder = path.resolve().parent
+    found: dict[str, Path] = {}
+    for t in _graph_tensors(proto.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), None)
+        if not location or location in found:
+            continue
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise ModelError(f"{path}: tensor {t.name!r} keeps its data in {location!r}, outside the model's "
+                             "folder; refusing to read it (move the file beside the model)")
+        if not target.is_file():
+            raise ModelError(f"{path}: tensor {t.name!r} keeps its data in {location!r}, which is not there "
+                             f"({target}); copy it beside the model")
+        found[location] = target
+    return [found[k] for k in sorted(found)]
+
+
 def _static(dim) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 

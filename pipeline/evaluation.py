@@ -56,17 +56,18 @@ class _Faces:
     def image(self, i: int) -> np.ndarray:
         return self.images[i]
 
-    def listing_hash(self) -> str:
+    def content_hash(self) -> str:
         return self.key
 
 
 def embed_cached(model_source, embedder, images: np.ndarray, data_key: str, flip: bool, batch_size: int,
                  cache_dir: Path) -> tuple[np.ndarray, bool]:
-    """(embeddings, reused): flip-summed when `flip`, cached by model fingerprint + data hash + flip."""
-    from .cache import TeacherCache, cache_key
+    """(embeddings, reused): flip-summed when `flip`, cached by model fingerprint, face content, flip, the
+    decoding / alignment / preprocessing code and the runtime (pipeline/cache.py: cache_key)."""
+    from .cache import TeacherCache, cache_key, embedder_device
 
     faces = _Faces(images, data_key)
-    key = cache_key(model_source, faces, flip)
+    key = cache_key(model_source, faces, flip, device=embedder_device(embedder))
     cache = TeacherCache.open(cache_dir, key)
     reused = cache is not None
     if cache is None:

@@ -6,8 +6,10 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -73,8 +75,24 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     import torch
 
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(_canonical(obj), buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _canonical(obj: Any) -> Any:
+    """`obj` with fresh containers and interned strings. The pickler writes a repeated object as a back
+    reference, so the same content gave other bytes when a key string happened to be shared (a literal) in one
+    run and not in the next (read back from a checkpoint); rebuilt this way, sharing depends on content only."""
+    if isinstance(obj, str):
+        return sys.intern(obj) if type(obj) is str else obj
+    if isinstance(obj, dict) and type(obj) in (dict, OrderedDict):
+        out = type(obj)((_canonical(k), _canonical(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a state_dict's per-module versions
+            out._metadata = _canonical(obj._metadata)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(_canonical(v) for v in obj)
+    return obj
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -101,6 +101,24 @@ def list_tree(root: str | os.PathLike) -> list[tuple[str, str, os.stat_result]]:
     return found
 
 
+def hash_files(files: list[tuple[str, os.stat_result | None]], cache: HashCache | None = None,
+               label: str = "files") -> list[str | None]:
+    """sha256 of each (absolute path, stat) - None where the stat is None (a missing file) - memoised in the
+    hash cache (saved), with a progress bar for long lists."""
+    own = cache is None
+    cache = cache or HashCache()
+    out: list[str | None] = []
+    with progress("file", disable=None if len(files) >= PROGRESS_MIN_FILES else True) as bar:
+        task = bar.add_task(f"hashing {label}", total=len(files))
+        for i, (p, st) in enumerate(files):
+            out.append(cache.sha256(p, st) if st is not None else None)
+            if i % 64 == 63 or i == len(files) - 1:
+                bar.update(task, completed=i + 1)
+    if own:
+        cache.save()
+    return out
+
+
 def hash_path(path: str | os.PathLike, cache: HashCache | None = None, label: str | None = None) -> tuple[str, int]:
     """(sha256, bytes) of a file, or of a directory: the hash of its sorted (relative path, file sha256) list."""
     path = Path(path)
@@ -109,14 +127,8 @@ def hash_path(path: str | os.PathLike, cache: HashCache | None = None, label: st
         st = os.stat(path)
         return cache.sha256(path, st), st.st_size
     files = list_tree(path)
-    entries = []
-    with progress("file", disable=None if len(files) >= PROGRESS_MIN_FILES else True) as bar:
-        task = bar.add_task(f"hashing {label or path.name}", total=len(files))
-        for i, (rel, p, st) in enumerate(files):
-            entries.append([rel, cache.sha256(p, st)])
-            if i % 64 == 63 or i == len(files) - 1:
-                bar.update(task, completed=i + 1)
-    return sha256_json(entries), sum(st.st_size for _, _, st in files)
+    digests = hash_files([(p, st) for _, p, st in files], cache, label=label or path.name)
+    return sha256_json([[rel, h] for (rel, _, _), h in zip(files, digests)]), sum(st.st_size for _, _, st in files)
 
 
 def module_source_hash(name: str) -> str:
@@ -136,9 +148,25 @@ def module_source_hash(name: str) -> str:
     return sha256_file(origin)
 
 
-def code_version(modules: Iterable[str]) -> str:
-    """Hash of the facepipe version and the source of each named module."""
-    return sha256_json({"facepipe": __version__, "modules": {m: module_source_hash(m) for m in dict.fromkeys(modules)}})
+def code_hashes(modules: Iterable[str]) -> dict[str, str]:
+    """module -> sha256 of its source, for each named module (recorded in manifests, so `status` can say
+    which module changed)."""
+    return {m: module_source_hash(m) for m in dict.fromkeys(modules)}
+
+
+def code_version(modules: Iterable[str] | dict[str, str]) -> str:
+    """Hash of the facepipe version and the source of each named module (or of code_hashes' result)."""
+    hashes = modules if isinstance(modules, dict) else code_hashes(modules)
+    return sha256_json({"facepipe": __version__, "modules": hashes})
+
+
+def code_changes(old: dict | None, new: dict[str, str], limit: int = 4) -> str:
+    """"facepipe.models.losses.base, +1 more": the modules whose source differs, was added or dropped."""
+    if not isinstance(old, dict):
+        return ""
+    changed = [m for m in sorted(set(old) | set(new)) if old.get(m) != new.get(m)]
+    shown = [m + ("" if m in new else " (no longer used)") + ("" if m in old else " (new)") for m in changed[:limit]]
+    return ", ".join(shown) + (f", +{len(changed) - limit} more" if len(changed) > limit else "")
 
 
 def _dist_version(dist: str) -> str | None:
@@ -155,16 +183,20 @@ def env_info(device: str) -> dict[str, Any]:
 
 
 RUNTIME_DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "torch-tensorrt")
+# The distributions each embedder runtime computes with (Embedder.runtime -> distributions).
+RUNTIME_OF = {"torch": ("torch",), "onnxruntime": ("onnx", "onnxruntime"), "openvino": ("openvino",),
+              "tensorrt": ("tensorrt",), "torch_tensorrt": ("torch", "torch-tensorrt", "tensorrt")}
 
 
-def runtime_identity(device: str) -> dict[str, Any]:
+def runtime_identity(device: str, distributions: Iterable[str] = RUNTIME_DISTRIBUTIONS) -> dict[str, Any]:
     """What a measured or exported result depends on beyond config and inputs: the runtime versions (read
     without importing them), the CPU and its ISA, and the GPU name on a cuda device. Enters the fingerprints
-    of export and bench, so an upgrade or another machine re-measures instead of reporting old numbers."""
+    of export and bench (all runtimes) and the keys of cached embeddings (the runtimes that computed them),
+    so an upgrade or another machine re-measures instead of reporting old numbers."""
     from .device import cpu_info
 
     cpu = cpu_info()
-    out: dict[str, Any] = {d: _dist_version(d) for d in RUNTIME_DISTRIBUTIONS}
+    out: dict[str, Any] = {d: _dist_version(d) for d in distributions}
     out.update(cpu=cpu["model"], cpu_isa=cpu["isa"]["summary"], device=device)
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # caps the kernels torch and OpenVINO pick (int8: see overflow.py)
         out["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
@@ -248,8 +280,8 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def stale_reasons(manifest: dict, *, stage: str, code: str, config: dict, inputs: dict[str, str],
-                  upstreams: Iterable[str], stage_dir: Path, cache: HashCache, unknown: Iterable[str] = ()
-                  ) -> list[str]:
+                  upstreams: Iterable[str], stage_dir: Path, cache: HashCache, unknown: Iterable[str] = (),
+                  code_modules: dict[str, str] | None = None) -> list[str]:
     """Why an existing manifest no longer describes this stage (empty list: it does).
 
     inputs: role -> sha256 of the input as it is now; upstreams: stage names whose outputs are inputs;
@@ -260,7 +292,9 @@ def stale_reasons(manifest: dict, *, stage: str, code: str, config: dict, inputs
         return [f"previous run incomplete (manifest status {manifest.get('status')!r})"]
     if manifest.get("code_version") != code:
         old_v = manifest.get("facepipe")
-        reasons.append("code changed" + (f" (facepipe {old_v} -> {__version__})" if old_v != __version__ else ""))
+        which = code_changes(manifest.get("code_modules"), code_modules or {}) if code_modules else ""
+        reasons.append("code changed" + (f": {which}" if which else "")
+                       + (f" (facepipe {old_v} -> {__version__})" if old_v != __version__ else ""))
     reasons += config_changes(manifest.get("config") or {}, config)
     old_inputs = {r: (v or {}).get("sha256") for r, v in (manifest.get("inputs") or {}).items()}
     ups = set(upstreams)

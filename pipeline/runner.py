@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from . import __version__
 from .errors import FacepipeError, StageError
 from .io import run_lock, sha256_json
-from .manifest import (COMPLETE, HashCache, code_version, env_info, hash_path, manifest_path, now_iso,
+from .manifest import (COMPLETE, HashCache, code_hashes, code_version, env_info, hash_path, manifest_path, now_iso,
                        read_manifest, remove_manifest, resolve_stored, stale_reasons, stored_path, write_manifest)
 from .registry import Registry
 
@@ -165,6 +165,7 @@ class _Assessment:
     fingerprint: str | None
     manifest: dict | None
     reasons: list[str]
+    code_modules: dict[str, str] = field(default_factory=dict)
 
     @property
     def state(self) -> str:
@@ -221,7 +222,8 @@ def _assess(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSp
             missing.append(f"input {role} not found: {p}")
             unknown.append(role)
             reasons.append(f"input {role} missing: {p}")
-    code = code_version(stage_code(spec))
+    code_modules = code_hashes(stage_code(spec))
+    code = code_version(code_modules)
     config = {s: cfg.section(s) for s in spec.sections}
     if spec.derived is not None:
         config["derived"] = spec.derived(cfg)
@@ -234,12 +236,14 @@ def _assess(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSp
         head.append("no manifest: the last run did not finish" if tried else "never run")
     else:
         reasons += stale_reasons(manifest, stage=spec.name, code=code, config=config, inputs=hashes,
-                                 upstreams=ups, stage_dir=stage_dir, cache=cache, unknown=unknown)
+                                 upstreams=ups, stage_dir=stage_dir, cache=cache, unknown=unknown,
+                                 code_modules=code_modules)
         if not reasons and not missing and manifest.get("fingerprint") != fingerprint:
             reasons.append("fingerprint changed")
     head += [pending[u] for u in ups if pending and u in pending]
     reasons = head + reasons
-    return _Assessment(spec, stage_dir, inputs, hashes, missing, code, config, fingerprint, manifest, reasons)
+    return _Assessment(spec, stage_dir, inputs, hashes, missing, code, config, fingerprint, manifest, reasons,
+                       code_modules)
 
 
 def _execute(a: _Assessment, cfg: "PipelineConfig", cache: HashCache) -> StageResult:
@@ -264,7 +268,7 @@ def _execute(a: _Assessment, cfg: "PipelineConfig", cache: HashCache) -> StageRe
     duration = time.perf_counter() - t0
     write_manifest(a.stage_dir, {
         "stage": spec.name, "status": COMPLETE, "facepipe": __version__, "code_version": a.code,
-        "fingerprint": a.fingerprint,
+        "code_modules": a.code_modules, "fingerprint": a.fingerprint,
         "inputs": {r: {"path": str(p), "sha256": a.input_hashes[r]} for r, p in a.inputs.items()},
         "outputs": outputs, "config": a.config, "metrics": result.metrics, "env": env_info(cfg.run.device),
         "started": started, "finished": now_iso(), "duration_s": round(duration, 3),

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .config import TeacherConfig
-from .embedder import Embedder, OnnxRuntimeEmbedder, Preprocess, TorchEmbedder, ort_providers, parse_onnx_metadata
+from .embedder import (Embedder, OnnxRuntimeEmbedder, Preprocess, TorchEmbedder, onnx_external_files, ort_providers,
+                       parse_onnx_metadata)
 from .errors import BackendUnavailable, ConfigError, ModelError
 from .io import sha256_file, sha256_json
 from .registry import Registry
@@ -378,7 +379,8 @@ class OnnxTeacher(TeacherSource):
             size = dims[2] if len(dims) == 4 and isinstance(dims[2], int) and dims[2] > 0 else 112
             declared = {"size"} if len(dims) == 4 and isinstance(dims[2], int) and dims[2] > 0 else set()
             pre = Preprocess(size=size, color="RGB", mean=(mean,) * 3, std=(std,) * 3)
-        return cls(cfg, name, [path], resolve_preprocess(pre, declared, cfg.preprocess, str(path)), declared)
+        files = [path, *onnx_external_files(path, proto)]  # the weights file is part of the teacher
+        return cls(cfg, name, files, resolve_preprocess(pre, declared, cfg.preprocess, str(path)), declared)
 
     def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
         return OnnxRuntimeEmbedder(self.files[0], preprocess=self.preprocess, name=self.name,

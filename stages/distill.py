@@ -208,7 +208,7 @@ def build_trainer(job: dict, env, device):
                               f"({', '.join(evaluator.names)}): use e.g. {evaluator.names[0]}_accuracy")
     distill_cfg = {k: v for k, v in cfg.section("distill").items() if k not in NEUTRAL_KEYS}
     identity = {"distill": distill_cfg, "seed": cfg.run.seed, "device": device.type,
-                "data": {"listing": source.listing_hash(), "n": len(source), "num_classes": int(source.num_classes)},
+                "data": {"listing": source.content_hash(), "n": len(source), "num_classes": int(source.num_classes)},
                 "teacher": {"fingerprint": _teacher_fingerprint(cfg, inputs), "mode": choice.mode,
                             "cache": cache.key if choice.mode == "cache" else None}}
     meta = {"arch": d.student.arch, "embedding_size": d.student.embedding_size,

@@ -53,7 +53,7 @@ def make_plan(cfg: PipelineConfig, inputs: dict, out_dir, formats: list[str] | N
 
 
 def summary_metrics(report: dict) -> dict:
-    """Flat metrics for the manifest: counts, then each format's parity cosine min and max abs diff."""
+    """Flat metrics for the manifest: counts, then each format's parity cosine min, max abs diff and seconds."""
     recs = report["formats"].values()
     m: dict = {s: sum(r["status"] == s for r in recs) for s in ("ok", "skipped", "failed")}
     m["parity_faces"] = report["parity_faces"]["source"].split(":")[0]
@@ -61,6 +61,8 @@ def summary_metrics(report: dict) -> dict:
         if r.get("parity"):
             m[f"{r['format']}_cos_min"] = r["parity"]["cos_min"]
             m[f"{r['format']}_max_abs"] = r["parity"]["max_abs"]
+        if r.get("seconds") is not None:
+            m[f"{r['format']}_seconds"] = r["seconds"]
     return m
 
 

@@ -121,7 +121,15 @@ def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
     return outputs
 
 
+def derived(cfg: PipelineConfig) -> dict:
+    """The runtime that computes the teacher's embeddings (versions, CPU): its scores and cache depend on it."""
+    from facepipe.pipeline.cache import TEACHER_RUNTIMES
+    from facepipe.pipeline.manifest import runtime_identity
+
+    return {"runtime": runtime_identity("cpu", TEACHER_RUNTIMES)}
+
+
 SPEC = register_stage(StageSpec(
     name="teacher", run=run, sections=("teacher", "data.train", "data.on_error", "data.root", "data.generated",
                                        "data.generated_eval", "run.seed"),
-    external_inputs=external_inputs))
+    external_inputs=external_inputs, derived=derived))

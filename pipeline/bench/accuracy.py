@@ -26,6 +26,12 @@ class ArtifactSource:
         return sha256_json({"artifact": artifact_fingerprint(self.path, self.fmt), "format": self.fmt,
                             "runtime": self.runtime, "device": self.device})
 
+    def runtime_distributions(self) -> tuple[str, ...]:
+        """The distributions whose versions the cached embeddings depend on."""
+        from ..manifest import RUNTIME_OF
+
+        return RUNTIME_OF.get(self.runtime, (self.runtime,))
+
 
 def artifact_accuracy(path: str | os.PathLike, fmt: str, embedder, specs: Sequence[str], data_root: Path | None, *,
                       device: str, batch_size: int, on_error: str, flip: bool = False,

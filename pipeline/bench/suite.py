@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FacepipeError
 from ..progress import console, table_console
 
 MISSING = "missing (not exported: add it to export.formats)"
@@ -153,7 +153,11 @@ def _base_row(key: str, path: Path | None) -> dict:
     row = {"format": key, "status": "ok", "path": str(path) if path else None, "runtime": f.runtime,
            "precision": f.precision, "size_mb": None, "accuracy": {}, "benchmarks": {}, "latency": {}}
     if path is not None:
-        row["size_mb"] = sum(p.stat().st_size for p in artifact_files(path, key) if p.is_file()) / 1e6
+        try:
+            files = artifact_files(path, key)
+        except FacepipeError:  # unreadable: its load fails below and gives the row its error
+            files = [Path(path)]
+        row["size_mb"] = sum(p.stat().st_size for p in files if p.is_file()) / 1e6
     return row
 
 

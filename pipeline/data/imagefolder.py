@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import DataError
-from ..io import sha256_file, sha256_json
+from ..io import sha256_json
 from .images import SKIP_HINT, check_on_error, decode_image_rgb, read_image_rgb
 from .types import LabelledFaces
 
@@ -120,7 +120,7 @@ class FaceSource(Protocol):
         """uint8 RGB (112, 112, 3); None only when on_error="skip" and the image cannot be used."""
         ...
 
-    def listing_hash(self) -> str:
+    def content_hash(self) -> str:
         """Stable hash of what the source lists (items, labels), for cache keys; reads no pixels."""
         ...
 
@@ -160,10 +160,21 @@ class FolderSource(_SourceBase):
         path = self.root / self.faces.items[i]
         return self._checked(read_image_rgb(path, self.on_error), str(path))
 
-    def listing_hash(self) -> str:
+    def content_hash(self) -> str:
+        """Hash of the listing and of every image's bytes (memoised by stat in the hash cache, so a file
+        replaced by another of the same size is seen; a missing one hashes as None)."""
         if self._hash is None:
-            sizes = [(self.root / r).stat().st_size if (self.root / r).is_file() else -1 for r in self.faces.items]
-            self._hash = sha256_json({"format": "folder", "items": self.faces.items, "sizes": sizes,
+            from ..manifest import hash_files
+
+            files = []
+            for rel in self.faces.items:
+                p = os.path.join(self.root, rel)
+                try:
+                    files.append((p, os.stat(p)))
+                except OSError:
+                    files.append((p, None))
+            digests = hash_files(files, label=f"training images in {self.root.name}")
+            self._hash = sha256_json({"format": "folder", "items": self.faces.items, "sha256": digests,
                                       "labels": self.labels.tolist(), "classes": self.class_names})
         return self._hash
 
@@ -183,12 +194,17 @@ class RecSource(_SourceBase):
         _, payload = self.reader.read(key)
         return self._checked(decode_image_rgb(payload, where, self.on_error), where)
 
-    def listing_hash(self) -> str:
+    def content_hash(self) -> str:
+        """Hash of the listing and of the .rec and .idx bytes (memoised by stat in the hash cache)."""
         if self._hash is None:
+            from ..manifest import hash_files
+
             idx = self.reader.idx_path
+            files = [(str(p), os.stat(p)) for p in (self.reader.rec_path, idx) if p is not None]
+            digests = hash_files(files, label=Path(self.reader.rec_path).name)
             self._hash = sha256_json({"format": "rec", "items": self.faces.items, "labels": self.labels.tolist(),
-                                      "classes": self.class_names, "rec_bytes": self.reader.size,
-                                      "idx": sha256_file(idx) if idx is not None else None})
+                                      "classes": self.class_names, "rec": digests[0],
+                                      "idx": digests[1] if idx is not None else None})
         return self._hash
 
 

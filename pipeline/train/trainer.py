@@ -11,6 +11,7 @@ evaluation on rank 0 and best.pt. Everything written is written by rank 0.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -148,6 +149,8 @@ class Trainer:
         self.best: dict[str, Any] = {"metric": best_metric, "value": None, "step": None}
         self.metrics: dict[str, float] = {}
         self.metrics_step: int | None = None  # step of the last evaluation
+        self.summaries: list[dict] = []  # per-benchmark summaries of that evaluation (metrics.json)
+        self.last_values: dict[str, float] = {}  # the last step's logged values (final_losses)
         self.last_checkpoint: Path | None = None
         self.saved_step = 0
         self.resumed_from: int | None = None
@@ -210,6 +213,8 @@ class Trainer:
             self.best = {"metric": self.best_metric, "value": None, "step": None}
         self.metrics = dict(ckpt.get("metrics") or {})
         self.metrics_step = ckpt.get("metrics_step")
+        self.summaries = json.loads(ckpt.get("summaries") or "[]")
+        self.last_values = dict(ckpt.get("last_values") or {})
         set_rng_state(ckpt["rng"][self.env.rank])
         self.resumed_from = self.step
         self.last_checkpoint = self.checkpoint_path
@@ -229,7 +234,9 @@ class Trainer:
                 "model": self.student.state_dict(), "loss": self.loss.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "rng": rngs, "best": self.best, "metrics": self.metrics, "metrics_step": self.metrics_step})
+                "rng": rngs, "best": self.best, "metrics": self.metrics, "metrics_step": self.metrics_step,
+                # JSON text: summaries hold nested dicts and numpy-free floats, and weights_only loads str
+                "summaries": json.dumps(self.summaries, sort_keys=True), "last_values": self.last_values})
         self.last_checkpoint = self.checkpoint_path
         return self.checkpoint_path
 
@@ -250,6 +257,7 @@ class Trainer:
         finally:
             self.student.train()  # whatever the evaluator did with the mode
         self.metrics_step = self.step
+        self.summaries = json.loads(json.dumps(getattr(self.evaluator, "last_summaries", []), default=float))
         tlog.evaluation(self.step, self.metrics)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in self.metrics.items() if k.endswith(("accuracy", "val")))
         self.log(f"step {self.step}: {shown}")
@@ -340,7 +348,9 @@ class Trainer:
         self.student.train()
         self.loss.train()
         try:
-            values = self._run(tlog, history)
+            # a run resumed at its last step trains nothing: its final losses are the checkpoint's
+            values = self._run(tlog, history) or self.last_values
+            self.last_values = values
             if self.evaluator is not None and self.metrics_step != self.step:
                 self.evaluate(tlog)
             self.save(complete=True)

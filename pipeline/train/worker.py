@@ -43,7 +43,7 @@ def finish(trainer, result, job: dict, seconds: float) -> dict:
              "steps_per_s": round(steps_run / seconds, 4) if seconds > 0 and steps_run else None,
              "median_img_per_s": median(rates) if rates else None, "final_losses": result.losses,
              "fingerprint": trainer.fingerprint, **getattr(trainer, "info", {})}
-    summaries = getattr(trainer.evaluator, "last_summaries", []) if trainer.evaluator is not None else []
+    summaries = trainer.summaries  # the last evaluation's, also when this run resumed after it
     atomic_write_json(out / METRICS, {"metrics": result.metrics, "best": result.best, "train": train,
                                       "benchmarks": {s["name"]: s for s in summaries}})
     summary = {"step": result.step, "metrics": result.metrics, "best": result.best, "train": train,

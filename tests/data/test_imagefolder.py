@@ -83,16 +83,16 @@ def test_face_sources_agree_across_formats(tmp_path, rng):
     np.testing.assert_array_equal(clone.image(5), rec.image(5))
 
 
-def test_listing_hash_is_stable_and_tracks_the_listing(tmp_path, rng):
+def test_content_hash_is_stable_and_tracks_the_listing(tmp_path, rng):
     _make(tmp_path / "f", rng)
-    h = open_face_source(tmp_path / "f").listing_hash()
-    assert h == open_face_source(tmp_path / "f").listing_hash()
+    h = open_face_source(tmp_path / "f").content_hash()
+    assert h == open_face_source(tmp_path / "f").content_hash()
     (tmp_path / "f" / "identities.tsv").write_text("".join(
         f"{i}/img{k}.jpg\t{'x' if i == '9' else i}\n" for i in ("10", "9", "2") for k in (0, 1)))
-    assert open_face_source(tmp_path / "f").listing_hash() != h  # same files, different labels
+    assert open_face_source(tmp_path / "f").content_hash() != h  # same files, different labels
     write_rec_from_folder(tmp_path / "f", tmp_path / "r1")
     write_rec_from_folder(tmp_path / "f", tmp_path / "r2")
-    assert open_face_source(tmp_path / "r1.rec").listing_hash() == open_face_source(tmp_path / "r2.rec").listing_hash()
+    assert open_face_source(tmp_path / "r1.rec").content_hash() == open_face_source(tmp_path / "r2.rec").content_hash()
 
 
 def test_source_image_errors(tmp_path, rng):
@@ -115,4 +115,4 @@ def test_real_celeba_train_listing(celeba_root):
     for i in (0, 2500, 5065):
         img = src.image(i)
         assert img.shape == (112, 112, 3) and img.dtype == np.uint8 and img.std() > 10
-    assert isinstance(src.listing_hash(), str) and len(src.listing_hash()) == 64
+    assert isinstance(src.content_hash(), str) and len(src.content_hash()) == 64

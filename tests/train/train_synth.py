@@ -49,7 +49,7 @@ class SynthFaces:
         base = np.full((112, 112, 3), (37 * (i % self.num_classes)) % 190, np.int32)
         return np.clip(base + rng.integers(0, 60, (112, 112, 3)), 0, 255).astype(np.uint8)
 
-    def listing_hash(self) -> str:
+    def content_hash(self) -> str:
         return sha256_json({"synth": [self.n, self.num_classes, self.seed, sorted(self.bad.items())]})
 
 
@@ -78,7 +78,7 @@ def make_trainer(out_dir: Path, *, env=None, device="cpu", n=64, num_classes=5, 
     if loss.needs_centers:
         labels = np.arange(len(source)) % num_classes
         loss.set_centers(teacher_class_centers(emb, labels, num_classes))
-    identity = {"distill": cfg.model_dump(mode="json"), "seed": seed, "data": source.listing_hash()}
+    identity = {"distill": cfg.model_dump(mode="json"), "seed": seed, "data": source.content_hash()}
     return Trainer(cfg, student, loss, source, out_dir=Path(out_dir), identity=identity, seed=seed, targets=tgt,
                    env=env, device=device, callbacks=callbacks, log=lambda m: None, show_progress=False)
 

@@ -53,7 +53,7 @@ class Faces:
         time.sleep(self.delay)
         return None if i in self.skip else self.images[i]  # None: unreadable under data.on_error=skip
 
-    def listing_hash(self):
+    def content_hash(self):
         return sha256_json({"tag": self.tag, "n": len(self.images)})
 
 
@@ -83,7 +83,7 @@ def test_build_then_reuse(teacher, faces, tmp_path):
     assert built.flipped is None and built.n == 20 and built.dim == 16
     meta = json.loads((tmp_path / "c" / f"{key}.json").read_text())
     assert meta["complete"] is True and meta["key"] == key and meta["n"] == 20 and meta["dim"] == 16
-    assert meta["data"] == src.listing_hash() and meta["preprocess"] == emb.preprocess.to_dict()
+    assert meta["data"] == src.content_hash() and meta["preprocess"] == emb.preprocess.to_dict()
     assert meta["flip"] is False and meta["teacher"]["name"] == "tiny"
 
     again = TeacherCache.open(tmp_path / "c", key)

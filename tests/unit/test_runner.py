@@ -258,7 +258,7 @@ def test_code_change_is_detected(toy, tmp_path, monkeypatch):
     run_pipeline(toy.cfg(), stages=specs)
     mod.write_text("X = 2\n")
     st = {s.name: s for s in stage_status(toy.cfg(), stages=specs)}
-    assert st["quantize"].reasons == ["code changed"]
+    assert st["quantize"].reasons == ["code changed: toy_stage_code_mod"]  # names the edited module
     assert st["teacher"].state == "fresh"
 
 
