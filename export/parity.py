@@ -12,7 +12,7 @@ import numpy as np
 
 from facepipe.pipeline.embedder import Embedder, cosine_rows
 from facepipe.pipeline.errors import FacepipeError, ParityError
-from facepipe.pipeline.metrics import embedding_spread
+from facepipe.pipeline.eval.metrics import embedding_spread
 
 from .formats import Format, tolerance
 
@@ -114,7 +114,7 @@ def parity_faces_origin(cfg) -> str:
     """Where `parity_faces` will take its faces from, without reading them: "real: <benchmark> <path>" or
     "synthetic (<why>)". Part of the export stage's fingerprint: an artifact gated on synthetic faces is
     re-checked once real data appears."""
-    from facepipe.pipeline.benchmarks import resolve_benchmark
+    from facepipe.pipeline.eval.datasets import resolve_benchmark
 
     specs = list(cfg.data.benchmarks)
     if not specs:
@@ -129,7 +129,7 @@ def parity_faces_origin(cfg) -> str:
 def parity_faces(cfg, n: int) -> tuple[np.ndarray, str]:
     """(faces, source description): the first `n` faces of the first benchmark in data.benchmarks, loaded by
     the benchmark loaders; synthetic faces (and the reason) when there is no such data."""
-    from facepipe.pipeline.benchmarks import resolve_benchmark
+    from facepipe.pipeline.eval.datasets import resolve_benchmark
 
     specs = list(cfg.data.benchmarks)
     if not specs:

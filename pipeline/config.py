@@ -221,7 +221,7 @@ class PipelineConfig(Section):
 
     def data_free(self) -> bool:
         """True when no face data is configured (data.root null and $FACEPIPE_DATA empty): the pipeline then
-        distils on generated faces and scores by agreement with the teacher (pipeline/datafree.py)."""
+        distils on generated faces and scores by agreement with the teacher (pipeline/data/synthetic/datafree.py)."""
         return self.data.root is None and not os.environ.get(DATA_ENV)
 
     def data_root(self, required: bool = True) -> Path | None:

@@ -23,8 +23,8 @@ def artifact_inputs(cfg: PipelineConfig, inputs: dict[str, Path]) -> dict[str, P
 
 def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     """The benchmarks' files (the artifacts come from the upstream manifests)."""
-    from facepipe.pipeline.benchmarks import resolve_benchmark
-    from facepipe.pipeline.evaluation import benchmark_inputs
+    from facepipe.pipeline.eval.datasets import resolve_benchmark
+    from facepipe.pipeline.eval.evaluate import benchmark_inputs
 
     specs = list(cfg.data.benchmarks if cfg.bench.benchmarks is None else cfg.bench.benchmarks)
     root = cfg.data_root(required=False) if specs else None
@@ -37,7 +37,7 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
 def run(ctx: StageContext) -> StageResult:
     from facepipe.pipeline.bench import gate
     from facepipe.pipeline.bench.suite import BenchSettings, bench_artifacts, invocation, stage_metrics
-    from facepipe.pipeline.evaluation import embeddings_cache_dir
+    from facepipe.pipeline.eval.evaluate import embeddings_cache_dir
 
     cfg = ctx.config
     settings = BenchSettings.from_config(cfg, cache_dir=embeddings_cache_dir())

@@ -38,10 +38,10 @@ def world_size(cfg: PipelineConfig) -> int:
 
 def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     """The training set and the evaluation benchmarks' files."""
-    from facepipe.pipeline.benchmarks import resolve_benchmark
-    from facepipe.pipeline.evaluation import benchmark_inputs
+    from facepipe.pipeline.eval.datasets import resolve_benchmark
+    from facepipe.pipeline.eval.evaluate import benchmark_inputs
 
-    if cfg.data_free():  # training and held-out faces come from the teacher stage (pipeline/datafree.py)
+    if cfg.data_free():  # training and held-out faces come from the teacher stage (pipeline/data/synthetic/datafree.py)
         return {}
     inputs = {"data.train": train_path(cfg)}
     specs = eval_specs(cfg)
@@ -114,7 +114,7 @@ def _teacher_fingerprint(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
 def open_teacher_cache(inputs: dict[str, str]):
     """The teacher stage's cache: inputs teacher.cache (embeddings .npy) and teacher.cache_meta (its sidecar,
     which names the key); None when the stage made no cache. A vanished, stale or mismatched one is a ModelError."""
-    from facepipe.pipeline.cache import TeacherCache
+    from facepipe.pipeline.eval.cache import TeacherCache
     from facepipe.pipeline.errors import ModelError
 
     emb_path, meta_path = inputs.get("teacher.cache"), inputs.get("teacher.cache_meta")
@@ -193,7 +193,7 @@ def build_trainer(job: dict, env, device):
     if generated:
         import numpy as np
 
-        from facepipe.pipeline.datafree import NOTE, AgreementEvaluator
+        from facepipe.pipeline.data.synthetic.datafree import NOTE, AgreementEvaluator
 
         say(f"distill: {NOTE}")
         specs, best_metric = [], "agreement_cosine"

@@ -90,9 +90,9 @@ def run(ctx: StageContext) -> StageResult:
 
 def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     """The files of the first benchmark (its first faces are the parity faces), when it resolves."""
-    from facepipe.pipeline.benchmarks import resolve_benchmark
+    from facepipe.pipeline.eval.datasets import resolve_benchmark
     from facepipe.pipeline.errors import FacepipeError
-    from facepipe.pipeline.evaluation import benchmark_inputs
+    from facepipe.pipeline.eval.evaluate import benchmark_inputs
 
     specs = list(cfg.data.benchmarks)
     try:

@@ -16,8 +16,8 @@ from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, regis
 
 def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     """The face folder the source reads (if any) and the benchmarks' files."""
-    from facepipe.pipeline.benchmarks import resolve_benchmark
-    from facepipe.pipeline.evaluation import benchmark_inputs
+    from facepipe.pipeline.eval.datasets import resolve_benchmark
+    from facepipe.pipeline.eval.evaluate import benchmark_inputs
     from facepipe.pipeline.quant.job import accuracy_plan
     from facepipe.pipeline.quant.sources import data_path
 

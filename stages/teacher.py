@@ -21,8 +21,8 @@ def _train_path(cfg: PipelineConfig) -> Path:
 
 def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     """Teacher files, the check benchmarks' files and (when caching) the training set."""
-    from facepipe.pipeline.benchmarks import resolve_benchmark
-    from facepipe.pipeline.evaluation import benchmark_inputs
+    from facepipe.pipeline.eval.datasets import resolve_benchmark
+    from facepipe.pipeline.eval.evaluate import benchmark_inputs
     from facepipe.pipeline.teachers import resolve_teacher
 
     source = resolve_teacher(cfg.teacher, cfg.base_dir)
@@ -40,8 +40,8 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
 def run(ctx: StageContext) -> StageResult:
     """Load the teacher, check its embedding size, score it, and cache its training-set embeddings."""
 
-    from facepipe.pipeline.cache import open_or_build
-    from facepipe.pipeline.evaluation import embeddings_cache_dir, evaluate_model, results_table, roc_curves
+    from facepipe.pipeline.eval.cache import open_or_build
+    from facepipe.pipeline.eval.evaluate import embeddings_cache_dir, evaluate_model, results_table, roc_curves
     from facepipe.pipeline.io import atomic_write_json
     from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
 
@@ -89,16 +89,16 @@ def run(ctx: StageContext) -> StageResult:
 
 def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
     """Data-free mode: DCGAN training faces (+ the teacher's cached embeddings of them) and held-out faces with
-    the teacher's embeddings, for distillation scored by agreement (pipeline/datafree.py)."""
+    the teacher's embeddings, for distillation scored by agreement (pipeline/data/synthetic/datafree.py)."""
     import numpy as np
 
-    from facepipe.pipeline import datafree
-    from facepipe.pipeline.cache import open_or_build
+    from facepipe.pipeline.data.synthetic import datafree
+    from facepipe.pipeline.eval.cache import open_or_build
     from facepipe.pipeline.data.imagefolder import open_face_source
-    from facepipe.pipeline.evaluation import embeddings_cache_dir
+    from facepipe.pipeline.eval.evaluate import embeddings_cache_dir
     from facepipe.pipeline.io import atomic_path
     from facepipe.pipeline.progress import console
-    from facepipe.pipeline.quant.dcgan import dcgan_faces
+    from facepipe.pipeline.data.synthetic.dcgan import dcgan_faces
 
     cfg = ctx.config
     console.print(f"[yellow]{datafree.NOTE}[/]")
@@ -123,7 +123,7 @@ def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
 
 def derived(cfg: PipelineConfig) -> dict:
     """The runtime that computes the teacher's embeddings (versions, CPU): its scores and cache depend on it."""
-    from facepipe.pipeline.cache import TEACHER_RUNTIMES
+    from facepipe.pipeline.eval.cache import TEACHER_RUNTIMES
     from facepipe.pipeline.manifest import runtime_identity
 
     return {"runtime": runtime_identity("cpu", TEACHER_RUNTIMES)}

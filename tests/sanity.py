@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facepipe.pipeline.metrics import COLLAPSE_STD, embedding_spread
+from facepipe.pipeline.eval.metrics import COLLAPSE_STD, embedding_spread
 
 
 def assert_not_collapsed(emb: np.ndarray, what: str, min_std: float | None = None) -> dict:

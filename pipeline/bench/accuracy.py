@@ -37,7 +37,7 @@ def artifact_accuracy(path: str | os.PathLike, fmt: str, embedder, specs: Sequen
                       device: str, batch_size: int, on_error: str, flip: bool = False,
                       cache_dir: Path | None = None) -> list:
     """BenchmarkResults of `embedder` (loaded from `path`) on each benchmark spec."""
-    from ..evaluation import evaluate_model
+    from ..eval.evaluate import evaluate_model
 
     source = ArtifactSource(Path(path), fmt, embedder.runtime, device)
     return evaluate_model(source, embedder, specs, data_root, flip=flip, batch_size=batch_size, on_error=on_error,

@@ -82,7 +82,7 @@ def bench_artifacts(items: Mapping[str, Path | None], settings: BenchSettings, o
 
     Floors are validated before any work (ConfigError) and enforced after the reports (FloorMissed).
     """
-    from ..benchmarks import resolve_benchmark
+    from ..eval.datasets import resolve_benchmark
     from ..embedder import cosine_rows
     from . import gate
 

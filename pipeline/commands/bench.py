@@ -90,7 +90,7 @@ def _standalone(cfg, paths: list[Path], out: Path) -> None:
     from ..bench import gate
     from ..bench.suite import BenchSettings, bench_artifacts, invocation
     from ..errors import ModelError
-    from ..evaluation import embeddings_cache_dir
+    from ..eval.evaluate import embeddings_cache_dir
 
     items: dict[str, Path] = {}
     for p in paths:

@@ -107,7 +107,7 @@ def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]]]:
     if path.suffix == ".bin":
         from ..data.binfile import read_bin_raw
         from ..data.images import decode_image_rgb
-        from ..metrics import kfold_ids
+        from ..eval.metrics import kfold_ids
 
         bins, issame = read_bin_raw(path)
         sample = decode_image_rgb(bins[0], f"{path}: image 0") if bins else None

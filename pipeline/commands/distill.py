@@ -113,7 +113,7 @@ def _bench(cfg, steps: int, json_out: Optional[Path], out) -> None:
     import tempfile
 
     from facepipe.pipeline.io import atomic_write_json
-    from facepipe.pipeline.train.bench import bench_modes, bench_table
+    from facepipe.pipeline.train.steptime import bench_modes, bench_table
     from facepipe.pipeline.train.dist import DistEnv, worker_device
     from facepipe.stages.distill import build_trainer, stage_inputs
 

@@ -34,7 +34,7 @@ def eval_command(
 ):
     """Evaluate a model on face-verification benchmarks (10-fold accuracy, VAL@FAR, TAR@FAR)."""
 
-    from ..evaluation import embeddings_cache_dir, evaluate_model, results_table, roc_curves
+    from ..eval.evaluate import embeddings_cache_dir, evaluate_model, results_table, roc_curves
     from ..io import atomic_write_json
     from ..teachers import resolve_teacher
 

@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
                                                        help="Images per forward (default data.batch_size)."),
               rebuild: bool = typer.Option(False, "--rebuild", help="Recompute even when a fresh cache exists.")):
         """Cache the teacher's embeddings of data.train (reused when teacher, data and flip are unchanged)."""
-        from ..cache import open_or_build
+        from ..eval.cache import open_or_build
         from ..teachers import resolve_teacher
 
         cfg = load(config, set_)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..metrics import kfold_ids
+from ..eval.metrics import kfold_ids
 from ..progress import progress
 from .images import check_on_error, decode_image_rgb, encode_jpeg, encode_png
 from .types import VerificationSet

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import DataError
-from ..metrics import IJB_FARS, auc, l2_normalize, roc_curve, tar_from_roc
+from ..eval.metrics import IJB_FARS, auc, l2_normalize, roc_curve, tar_from_roc
 
 TARGETS = ("IJBB", "IJBC")
 

@@ -54,7 +54,7 @@ def accuracy_plan(cfg: PipelineConfig) -> tuple[list[str], Path | None, str | No
 
 def identity(cfg: PipelineConfig, student_sha: str, faces: np.ndarray) -> dict:
     """What a QAT checkpoint must match to be resumed."""
-    from ..evaluation import faces_fingerprint
+    from ..eval.evaluate import faces_fingerprint
 
     q = {k: v for k, v in cfg.section("quantize").items() if k not in NEUTRAL_KEYS}
     return {"quantize": q, "student": student_sha, "faces": faces_fingerprint(faces), "seed": cfg.run.seed,
@@ -167,7 +167,7 @@ def quantize_student(cfg: PipelineConfig, student_path: Path, out_dir: Path, *, 
                      show_table: bool = True) -> tuple[dict[str, Path], dict]:
     """Run PTQ / QAT of the student at student_path into out_dir; returns (outputs by role, metrics)."""
     from ..progress import table_console
-    from .faces import save_grid
+    from ..data.synthetic.faces import save_grid
     from .qat import QatCheckpoint, load_student
     from .report import results_table, size_metrics
     from .sources import load_faces

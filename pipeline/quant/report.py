@@ -82,8 +82,8 @@ def evaluate_models(models: dict[str, nn.Module], pre: Preprocess, specs: Sequen
     models must hold "fp32" (the cosine reference); with fp32_source its benchmark embeddings are cached
     in the shared embeddings cache (every quantization of one student reuses them).
     """
-    from ..benchmarks import evaluate_embeddings, resolve_benchmark
-    from ..evaluation import embed_cached, embeddings_cache_dir, evaluate_model, faces_fingerprint
+    from ..eval.datasets import evaluate_embeddings, resolve_benchmark
+    from ..eval.evaluate import embed_cached, embeddings_cache_dir, evaluate_model, faces_fingerprint
 
     benches = [(s, resolve_benchmark(s, data_root)) for s in specs]  # all resolved before any work
     acc: dict[str, dict] = {name: {} for name in models}

@@ -3,8 +3,9 @@
 - real: an image set (quantize.data_path, else data.train): the first quantize.images faces of a
   deterministic random subset (seed run.seed);
 - synthetic: a folder of generated faces (quantize.data_path; images that are not 112x112 are aligned, see
-  faces.py), or, when data_path is null, the DCGAN of gan-face-generate==1.1.1 (dcgan.py);
-- inversion: DeepInversion images synthesised from the fp32 model itself (inversion.py).
+  pipeline/data/synthetic/faces.py), or, when data_path is null, the DCGAN of gan-face-generate==1.1.1
+  (pipeline/data/synthetic/dcgan.py);
+- inversion: DeepInversion images synthesised from the fp32 model itself (pipeline/data/synthetic/inversion.py).
 
 Every source returns uint8 RGB faces (N, 112, 112, 3).
 """
@@ -77,9 +78,9 @@ def read_training_set(path: Path, n: int, seed: int, on_error: str) -> FaceSet:
 
 
 def read_folder(path: Path, n: int, seed: int, on_error: str, kind: str, key: str) -> FaceSet:
-    """n faces from image files under `path` (any layout); non-112x112 images are aligned (faces.py)."""
+    """n faces from image files under `path` (any layout); non-112x112 images are aligned (data/synthetic/faces.py)."""
     from ..data.images import read_image_rgb
-    from .faces import align_image
+    from ..data.synthetic.faces import align_image
 
     files = list_images(path)
     if not files:
@@ -133,7 +134,7 @@ def load_faces(cfg: PipelineConfig, model=None, preprocess=None) -> FaceSet:
     q = cfg.quantize
     seed = cfg.run.seed
     if q.data == "inversion":
-        from .inversion import invert_faces
+        from ..data.synthetic.inversion import invert_faces
 
         if model is None or preprocess is None:
             raise ValueError("inversion needs the fp32 model and its preprocessing")
@@ -141,7 +142,7 @@ def load_faces(cfg: PipelineConfig, model=None, preprocess=None) -> FaceSet:
         return FaceSet(faces, "inversion", "deepinversion", report.summary())
     path = data_path(cfg)
     if path is None:  # synthetic without a folder: the packaged DCGAN
-        from .dcgan import PACKAGE, dcgan_faces
+        from ..data.synthetic.dcgan import PACKAGE, dcgan_faces
 
         faces, counts = dcgan_faces(q.images, seed)
         return FaceSet(faces, "synthetic", f"dcgan:{PACKAGE}", {"alignment": counts, "seed": seed})

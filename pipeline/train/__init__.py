@@ -13,5 +13,5 @@ Heavy modules (torch) are imported by the submodules only; importing this packag
     worker      run_job (in-process or `python -m facepipe.pipeline.train.worker JOB`)
     evaluate    StudentEvaluator (the eval callback)
     logs        TrainLog (CSV + TensorBoard)
-    bench       step-time benchmark, teacher cache vs online
+    steptime    step-time benchmark (`distill --bench-step`), teacher cache vs online
 """

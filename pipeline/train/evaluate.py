@@ -38,7 +38,7 @@ class StudentEvaluator:
 
     def __init__(self, specs: Sequence[str], data_root: Path | None, *, flip: bool = False, batch_size: int = 64,
                  on_error: str = "fail", device: str = "cpu"):
-        from facepipe.pipeline.benchmarks import resolve_benchmark
+        from facepipe.pipeline.eval.datasets import resolve_benchmark
 
         if not specs:
             raise ConfigError("no evaluation benchmarks configured (distill.benchmarks / data.benchmarks)")
@@ -59,7 +59,7 @@ class StudentEvaluator:
         return self._loaded[bench.name]
 
     def __call__(self, model) -> dict[str, float]:
-        from facepipe.pipeline.benchmarks import evaluate_benchmark
+        from facepipe.pipeline.eval.datasets import evaluate_benchmark
         from facepipe.pipeline.embedder import TorchEmbedder
 
         was_training = model.training

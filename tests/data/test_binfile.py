@@ -15,7 +15,7 @@ from facepipe.pipeline.data.binfile import make_bin_from_lfw, read_bin, read_bin
 from facepipe.pipeline.data.images import decode_image_rgb, encode_jpeg
 from facepipe.pipeline.data.lfw import load_lfw
 from facepipe.pipeline.errors import DataError
-from facepipe.pipeline.metrics import kfold_ids
+from facepipe.pipeline.eval.metrics import kfold_ids
 
 
 def _faces(rng, n):

@@ -9,8 +9,8 @@ import torch
 
 from facepipe.pipeline.config import InversionConfig, load_config
 from facepipe.pipeline.errors import BackendUnavailable, ConfigError, DataError
-from facepipe.pipeline.quant import dcgan
-from facepipe.pipeline.quant.inversion import BNStatLoss, invert_faces
+from facepipe.pipeline.data.synthetic import dcgan
+from facepipe.pipeline.data.synthetic.inversion import BNStatLoss, invert_faces
 from facepipe.pipeline.quant.sources import load_faces
 from facepipe.pipeline.train.data import STUDENT_PREPROCESS
 

@@ -42,7 +42,7 @@ def test_the_smoke_student_has_learned_something(smoke_run, lfw_root):
     """Every check downstream compares this student with its exports and quantized copies: on a collapsed
     student (every face one vector) they would pass whatever the code does."""
     from facepipe.export.artifacts import load_artifact
-    from facepipe.pipeline.benchmarks import resolve_benchmark
+    from facepipe.pipeline.eval.datasets import resolve_benchmark
 
     from sanity import assert_not_collapsed
 

@@ -1,5 +1,5 @@
 """Data-free mode: with no face data configured, teacher -> distill still runs on DCGAN faces and scores
-the student by agreement with the teacher (pipeline/datafree.py)."""
+the student by agreement with the teacher (pipeline/data/synthetic/datafree.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facepipe.pipeline.datafree import agreement
+from facepipe.pipeline.data.synthetic.datafree import agreement
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from facepipe.pipeline.benchmarks import (BENCHMARKS, PAIR_BINS, evaluate_all, evaluate_benchmark,
+from facepipe.pipeline.eval.datasets import (BENCHMARKS, PAIR_BINS, evaluate_all, evaluate_benchmark,
                                           evaluate_embeddings, resolve_benchmark)
 from facepipe.pipeline.data.align import ARCFACE_TEMPLATE
 from facepipe.pipeline.data.ijb import ijb_evaluate, load_ijb
 from facepipe.pipeline.data.types import VerificationSet
 from facepipe.pipeline.errors import DataError, ModelError
-from facepipe.pipeline.metrics import verification_10fold
+from facepipe.pipeline.eval.metrics import verification_10fold
 
 BANDS = 8
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from facepipe.pipeline.cache import TeacherCache, cache_key, open_or_build
+from facepipe.pipeline.eval.cache import TeacherCache, cache_key, open_or_build
 from facepipe.pipeline.config import PreprocessOverride, TeacherConfig
 from facepipe.pipeline.errors import DataError, ModelError
 from facepipe.pipeline.io import sha256_json
@@ -214,7 +214,7 @@ def test_killed_build_is_not_reused(teacher, faces, tmp_path):
         torch.set_num_threads(1)
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_cache import Faces
-        from facepipe.pipeline.cache import TeacherCache, cache_key
+        from facepipe.pipeline.eval.cache import TeacherCache, cache_key
         from facepipe.pipeline.config import TeacherConfig
         from facepipe.pipeline.teachers import resolve_teacher
         src = resolve_teacher(TeacherConfig(source={str(teacher.files[0])!r}, embedding_size=16))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from facepipe.pipeline import manifest as manifest_mod
-from facepipe.pipeline.cache import cache_key, open_or_build
+from facepipe.pipeline.eval.cache import cache_key, open_or_build
 from facepipe.pipeline.config import TeacherConfig
 from facepipe.pipeline.data.images import encode_jpeg
 from facepipe.pipeline.data.imagefolder import open_face_source
@@ -130,7 +130,7 @@ def _onnx_with_external_weights(folder: Path, seed: int) -> Path:
 
 def test_onnx_external_weights_are_part_of_the_model_identity(tmp_path):
     from facepipe.export.artifacts import artifact_files
-    from facepipe.pipeline.evaluation import embed_cached
+    from facepipe.pipeline.eval.evaluate import embed_cached
     from facepipe.stages.teacher import external_inputs
     from facepipe.pipeline.config import load_config
 
@@ -192,7 +192,7 @@ def _edited(monkeypatch, module: str):
                                     "facepipe.pipeline.data.align",  # five-point alignment
                                     "facepipe.pipeline.data.images"])  # decoding
 def test_the_benchmark_embedding_key_follows_the_decode_align_preprocess_code(teacher, monkeypatch, module):
-    from facepipe.pipeline.evaluation import _Faces as BenchmarkFaces
+    from facepipe.pipeline.eval.evaluate import _Faces as BenchmarkFaces
 
     faces = BenchmarkFaces(np.zeros((2, 112, 112, 3), np.uint8), "lfw-content")
     before = cache_key(teacher, faces, False)

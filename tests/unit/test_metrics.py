@@ -1,11 +1,11 @@
-"""Golden and reference tests for facepipe.pipeline.metrics (insightface verification + IJB conventions)."""
+"""Golden and reference tests for facepipe.pipeline.eval.metrics (insightface verification + IJB conventions)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from facepipe.pipeline.metrics import (ACC_THRESHOLDS, auc, kfold_ids, pair_scores, roc_curve,
+from facepipe.pipeline.eval.metrics import (ACC_THRESHOLDS, auc, kfold_ids, pair_scores, roc_curve,
                                        stratified_kfold_ids, tar_at_far, verification_10fold)
 
 
@@ -348,7 +348,7 @@ def test_weak_model_on_label_sorted_pairs_is_not_scored_near_zero(rng):
 
 
 def test_embedding_spread_flags_collapsed_sets():
-    from facepipe.pipeline.metrics import embedding_spread
+    from facepipe.pipeline.eval.metrics import embedding_spread
 
     rng = np.random.default_rng(0)
     spread = embedding_spread(rng.normal(size=(40, 128)))

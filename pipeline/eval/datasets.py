@@ -2,7 +2,7 @@
 
 A spec is a registered name (lfw, cfp_fp, agedb_30, ijbc, ...) looked up under the data root, or a path to
 an insightface .bin, an LFW-style folder (pairs.txt, optional landmarks.tsv) or an IJB-B/C folder. Every
-runtime is scored by `evaluate_benchmark` -> `evaluate_embeddings` -> facepipe.pipeline.metrics.
+runtime is scored by `evaluate_benchmark` -> `evaluate_embeddings` -> facepipe.pipeline.eval.metrics.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import DataError, ModelError
+from ..errors import DataError, ModelError
 from .metrics import (IJB_FARS, auc, pair_scores, roc_curve, stratified_kfold_ids, tar_at_far,
                       verification_10fold)
-from .registry import Registry
+from ..registry import Registry
 
 PAIR_BINS = ("cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
 LFW_PAIRS, LFW_LANDMARKS = "pairs.txt", "landmarks.tsv"  # landmarks optional: load_lfw detects without
@@ -39,7 +39,7 @@ class Source:
         if self.fmt == "lfw":
             return [self.path / LFW_PAIRS]
         if self.fmt == "ijb":
-            from .data.ijb import meta_files
+            from ..data.ijb import meta_files
 
             return [*meta_files(self.path, self.which).values(), self.path / "loose_crop"]
         return [self.path]
@@ -105,15 +105,15 @@ class Benchmark:
         """Read it: a VerificationSet (pairs) or an IJBSet (ijb)."""
         if self.fmt in ("lfw", "bin"):
             if self.fmt == "lfw":
-                from .data.lfw import load_lfw
+                from ..data.lfw import load_lfw
 
                 data = load_lfw(self.path, on_error=on_error, max_folds=self.folds)
             else:
-                from .data.binfile import read_bin
+                from ..data.binfile import read_bin
 
                 data = read_bin(self.path, on_error=on_error)
             return first_folds(data, self.folds) if self.folds else data
-        from .data.ijb import load_ijb
+        from ..data.ijb import load_ijb
 
         return load_ijb(self.path, self.which or "IJBC", on_error=on_error)
 
@@ -126,7 +126,7 @@ class Benchmark:
         if self.fmt == "lfw":
             return [p for p in (self.path / LFW_PAIRS, self.path / LFW_LANDMARKS) if p.is_file()]
         if self.fmt == "ijb":
-            from .data.ijb import meta_files
+            from ..data.ijb import meta_files
 
             return list(meta_files(self.path, self.which).values())
         return [self.path]
@@ -281,7 +281,7 @@ def _pairs_result(embeddings: np.ndarray, data, name: str, metric: str, seconds:
 
 def _ijb_result(features: np.ndarray, data, name: str, use_detector_score: bool, valid, seconds: float
                 ) -> BenchmarkResult:
-    from .data.ijb import ijb_evaluate
+    from ..data.ijb import ijb_evaluate
 
     _check_finite(np.asarray(features), name, valid)
     r = ijb_evaluate(features, data, use_detector_score=use_detector_score, valid=valid)
@@ -307,7 +307,7 @@ def evaluate_embeddings(embeddings: np.ndarray, data, name: str | None = None, m
     on all pairs at the IJB FARs that the number of impostor pairs can measure. IJB: TAR (percent) at
     FAR 1e-6..1e-1. `valid` marks IJB faces that were read (others are left out of their templates).
     """
-    from .data.ijb import IJBSet
+    from ..data.ijb import IJBSet
 
     name = name or data.name
     if isinstance(data, IJBSet):
@@ -316,7 +316,7 @@ def evaluate_embeddings(embeddings: np.ndarray, data, name: str | None = None, m
 
 
 def _embed_ijb(embedder, data, flip: bool, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    from .progress import progress
+    from ..progress import progress
 
     feats, valid = None, np.zeros(len(data), bool)
     with progress("img") as bar:

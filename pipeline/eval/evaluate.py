@@ -1,7 +1,7 @@
 """Score any model on any benchmarks through one path: resolve, load, embed (cached), measure, report.
 
 Used by `facepipe eval`, the teacher stage and (later) the bench stage, so every runtime is measured by
-the same metrics code (pipeline/metrics.py through pipeline/benchmarks.py).
+the same metrics code (pipeline/eval/metrics.py through pipeline/eval/datasets.py).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .benchmarks import Benchmark, BenchmarkResult, evaluate_benchmark, evaluate_embeddings, resolve_benchmark
+from .datasets import Benchmark, BenchmarkResult, evaluate_benchmark, evaluate_embeddings, resolve_benchmark
 
 
 def embeddings_cache_dir() -> Path:
     """Shared cache of benchmark embeddings ($FACEPIPE_CACHE/embeddings), keyed by model and data content."""
-    from .assets import cache_dir
+    from ..assets import cache_dir
 
     return cache_dir().parent / "embeddings"
 
@@ -27,7 +27,7 @@ def benchmark_inputs(bench: Benchmark) -> dict[str, Path]:
     """Files and folders whose content identifies a benchmark (LFW-style folders include their images)."""
     files = {f"{bench.name}.{p.name}": p for p in bench.input_files()}
     if bench.fmt == "lfw":
-        from .data.lfw import lfw_image_dir
+        from ..data.lfw import lfw_image_dir
 
         files[f"{bench.name}.images"] = lfw_image_dir(bench.path)
     return files
@@ -63,7 +63,7 @@ class _Faces:
 def embed_cached(model_source, embedder, images: np.ndarray, data_key: str, flip: bool, batch_size: int,
                  cache_dir: Path) -> tuple[np.ndarray, bool]:
     """(embeddings, reused): flip-summed when `flip`, cached by model fingerprint, face content, flip, the
-    decoding / alignment / preprocessing code and the runtime (pipeline/cache.py: cache_key)."""
+    decoding / alignment / preprocessing code and the runtime (pipeline/eval/cache.py: cache_key)."""
     from .cache import TeacherCache, cache_key, embedder_device
 
     faces = _Faces(images, data_key)

@@ -32,8 +32,8 @@ def align_image(image: np.ndarray) -> tuple[np.ndarray, str]:
     """(uint8 RGB 112x112 face, how) with how in {"as_is", "landmarks", "centre_crop"}."""
     import cv2
 
-    from ..data.align import align_face
-    from ..data.detect import detect_landmarks
+    from ..align import align_face
+    from ..detect import detect_landmarks
 
     if image.shape[:2] == (FACE, FACE):
         return image, "as_is"
@@ -63,7 +63,7 @@ def save_grid(faces: np.ndarray, path, n: int = 64) -> None:
     """Write up to n faces as a square PNG grid (a look at what calibrated the model); atomic."""
     import cv2
 
-    from ..io import atomic_path
+    from ...io import atomic_path
 
     k = min(n, len(faces))
     cols = int(np.ceil(np.sqrt(k)))
