@@ -1,5 +1,6 @@
-"""Export and runtime backends: the FORMATS table, exporters (ONNX, OpenVINO, TensorRT), the parity gate and
-`load_artifact`. Importing the package registers the openvino / tensorrt / torch_tensorrt embedder backends
-(their runtimes are imported only when used)."""
+"""Export and runtime backends: the FORMATS table (formats.py), one module per format family that builds and
+loads its artifacts (torchfile, onnx, openvino, tensorrt, torch_tensorrt), the parity gate and `load_artifact`.
+Importing the package registers every family and embedder backend (their runtimes are imported only when used)."""
 
-from . import openvino, tensorrt, torch_tensorrt  # noqa: F401  (register EMBEDDER_BACKENDS entries)
+# The format families: importing each registers its build / load (FAMILIES) and embedder backend.
+from . import onnx, openvino, tensorrt, torch_tensorrt, torchfile  # noqa: F401

@@ -15,8 +15,9 @@ from facepipe.pipeline.embedder import Embedder
 from facepipe.pipeline.errors import FacepipeError
 from facepipe.pipeline.io import atomic_write_json, sha256_file
 
-from .artifacts import artifact_files, load_artifact, load_quantized_student, load_student
-from .formats import FORMATS, INT8_VS_FP32_COS, Format, check_formats
+from .artifacts import artifact_files, load_artifact
+from .torchfile import load_quantized_student, load_student
+from .formats import FORMATS, INT8_VS_FP32_COS, Format, check_formats, family_of
 from .metadata import ArtifactMeta
 from .parity import check_parity, overflow_hint
 from .tensorrt import BuildSettings
@@ -118,40 +119,22 @@ class Exporter:
     # --- one format -----------------------------------------------------------------------------------
     def kind(self, fmt: Format) -> str:
         """Which source a format is built from: TensorRT int8 comes from the quantized model's QDQ ONNX."""
-        gpu_int8 = fmt.key in ("tensorrt", "torch_tensorrt") and self.plan.trt.precision == "int8"
+        gpu_int8 = fmt.needs_gpu and self.plan.trt.precision == "int8"
         return "quantized" if fmt.source == "quantized" or gpu_int8 else "fp32"
 
     def _build(self, fmt: Format) -> Path:
-        kind = self.kind(fmt)
-        if fmt.key in ("torch", "torch_int8"):
-            return self.source(kind).path
-        if fmt.key in ("onnx", "onnx_int8"):
-            return self.onnx_for(kind)
-        path, meta = self.path_for(fmt), self.source(kind).meta(fmt.key)
-        if fmt.runtime == "openvino":
-            from .openvino import onnx_to_ir
-
-            return onnx_to_ir(self.onnx_for(kind), path, meta)
-        if fmt.key == "tensorrt":
-            from .tensorrt import build_engine
-
-            return build_engine(self.onnx_for(kind), path, self.plan.trt, meta, self.plan.device)
-        if fmt.key == "torch_tensorrt":
-            from .torch_tensorrt import compile_module
-
-            return compile_module(self.source(kind).reference.module, path, self.plan.trt, meta, self.plan.device)
-        raise FacepipeError(f"format {fmt.key}: no exporter")  # a FORMATS row without an exporter
+        return family_of(fmt).build(self, fmt, self.kind(fmt))
 
     def _one(self, fmt: Format, faces: np.ndarray) -> dict:
         t0 = time.perf_counter()
         kind = self.kind(fmt)
-        gpu = fmt.key in ("tensorrt", "torch_tensorrt")
+        gpu = fmt.needs_gpu  # built at export.tensorrt.precision
         rec: dict = {"format": fmt.key, "runtime": fmt.runtime, "source": kind,
                      "precision": self.plan.trt.precision if gpu else fmt.precision}
         if kind == "quantized" and self.plan.qmodel is None:
             if self.plan.onnx_int8 is None:
                 return {**rec, "status": "skipped", "note": self.plan.no_qmodel_reason}
-            if fmt.key not in ("onnx_int8", "openvino_int8", "tensorrt"):
+            if not fmt.from_int8_onnx:
                 return {**rec, "status": "skipped", "note": "the quantize stage (NNCF) saved an int8 ONNX only"}
         if kind == "fp32" and self.plan.student is None:
             return {**rec, "status": "skipped", "note": "needs the fp32 student.pt (a quantized model was given)"}
@@ -161,7 +144,7 @@ class Exporter:
             files = artifact_files(path, fmt)
             rec.update(path=str(path), files=[str(p) for p in files], bytes=sum(p.stat().st_size for p in files),
                        sha256=sha256_file(path))
-            if fmt.key in ("torch", "torch_int8"):
+            if fmt.reference:
                 rec.update(parity=None, note="the parity reference itself")
             else:
                 emb = load_artifact(path, device=self.plan.device, threads=self.plan.threads, fmt=fmt.key)

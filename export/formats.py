@@ -1,7 +1,8 @@
 """The FORMATS table: every artifact facepipe exports, benchmarks and loads, in one place.
 
-Export, the parity gate, `load_artifact`, the bench and the tests all read this table (Ultralytics habit):
-adding a format means adding a row here, an exporter and a loader.
+Export, the parity gate, `load_artifact`, the bench and the tests all read this table (Ultralytics habit).
+Each row names its family: the export/ module that builds and loads it and registers both here
+(`register_family`). Adding a format is one row here, plus one module when it is a new runtime.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import difflib
 import importlib.util
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from facepipe.pipeline.errors import BackendUnavailable, ConfigError
+from facepipe.pipeline.registry import Registry
 
 FP32_COS, INT8_COS, FP16_COS = 0.9999, 0.999, 0.999
 # An int8 artifact with no fake-quant twin (NNCF's ONNX) can only be compared with the fp32 student: the gate
@@ -27,6 +29,8 @@ class Format:
     cos_floor / atol: the parity gate against the reference (PyTorch fp32 for fp32 sources, the fake-quant
     model for quantized ones): minimum per-face cosine and maximum absolute embedding difference.
     companions: other files that belong to the artifact (same stem, these suffixes).
+    family: the export/ module that builds and loads it (FAMILIES). reference: the file is the parity reference
+    itself (nothing is built). from_int8_onnx: buildable from an int8 ONNX alone (NNCF's, no fake-quant model).
     """
 
     key: str
@@ -40,6 +44,9 @@ class Format:
     atol: float
     description: str
     companions: tuple[str, ...] = ()
+    family: str = ""
+    reference: bool = False
+    from_int8_onnx: bool = False
 
     @property
     def int8(self) -> bool:
@@ -55,22 +62,49 @@ class Format:
 # real int8 kernels round differently from the fake-quant formulas and single steps propagate.
 FORMATS: dict[str, Format] = {f.key: f for f in (
     Format("torch", ".pt", "torch", "fp32", False, "fp32", ("torch",), FP32_COS, 0.0,
-           "distilled student.pt in PyTorch eager (the fp32 reference)"),
+           "distilled student.pt in PyTorch eager (the fp32 reference)", family="torchfile", reference=True),
     Format("torch_int8", ".pt", "torch", "int8", False, "quantized", ("torch",), INT8_COS, 0.0,
-           "quantized qstudent.pt as fake-quant PyTorch (the int8 reference)"),
+           "quantized qstudent.pt as fake-quant PyTorch (the int8 reference)", family="torchfile", reference=True),
     Format("onnx", ".onnx", "onnxruntime", "fp32", False, "fp32", ("onnx", "onnxruntime"), FP32_COS, 1e-3,
-           "ONNX opset 17, dynamic batch, ONNX Runtime"),
+           "ONNX opset 17, dynamic batch, ONNX Runtime", family="onnx"),
     Format("onnx_int8", ".int8.onnx", "onnxruntime", "int8", False, "quantized", ("onnx", "onnxruntime"),
-           INT8_COS, 0.5, "QDQ int8 ONNX (symmetric weights), ONNX Runtime"),
+           INT8_COS, 0.5, "QDQ int8 ONNX (symmetric weights), ONNX Runtime", family="onnx", from_int8_onnx=True),
     Format("openvino", ".xml", "openvino", "fp32", False, "fp32", ("openvino",), FP32_COS, 1e-3,
-           "OpenVINO IR fp32 (weights not compressed)", (".bin",)),
+           "OpenVINO IR fp32 (weights not compressed)", (".bin",), family="openvino"),
     Format("openvino_int8", ".int8.xml", "openvino", "int8", False, "quantized", ("openvino",), INT8_COS, 0.5,
-           "OpenVINO IR from the QDQ ONNX (runs as real int8)", (".bin",)),
+           "OpenVINO IR from the QDQ ONNX (runs as real int8)", (".bin",), family="openvino", from_int8_onnx=True),
     Format("tensorrt", ".engine", "tensorrt", "fp16", True, "fp32", ("tensorrt", "torch"), FP16_COS, 5e-2,
-           "TensorRT engine (fp32 | fp16 | int8 from the QDQ ONNX), NVIDIA GPU", (".engine.json",)),
+           "TensorRT engine (fp32 | fp16 | int8 from the QDQ ONNX), NVIDIA GPU", (".engine.json",),
+           family="tensorrt", from_int8_onnx=True),
     Format("torch_tensorrt", ".ts", "torch_tensorrt", "fp16", True, "fp32", ("torch_tensorrt", "torch"),
-           FP16_COS, 5e-2, "Torch-TensorRT TorchScript module, NVIDIA GPU"),
+           FP16_COS, 5e-2, "Torch-TensorRT TorchScript module, NVIDIA GPU", family="torch_tensorrt"),
 )}
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one export/ module makes and opens its formats.
+
+    build(exporter, fmt, kind) -> Path: write the artifact of `fmt` from source `kind` ("fp32" | "quantized")
+    through the Exporter's sources and shared ONNX; load(path, fmt, device, threads) -> Embedder.
+    """
+
+    build: Callable
+    load: Callable
+
+
+FAMILIES: Registry[Family] = Registry("export format family")
+
+
+def register_family(name: str, build: Callable, load: Callable) -> Family:
+    """Called by each family module at import (export/__init__.py imports them all)."""
+    return FAMILIES.register(name, Family(build, load))
+
+
+def family_of(fmt: "Format") -> Family:
+    import facepipe.export  # noqa: F401  (its __init__ imports every family module, which registers itself)
+
+    return FAMILIES.get(fmt.family)
 
 # Parity gate of a format built at another precision (TensorRT: export.tensorrt.precision).
 PRECISION_TOLERANCE = {"fp32": (FP32_COS, 1e-3), "fp16": (FP16_COS, 5e-2), "int8": (INT8_COS, 0.5)}

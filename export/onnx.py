@@ -15,6 +15,7 @@ from facepipe.pipeline.embedder import Preprocess
 from facepipe.pipeline.errors import ModelError
 from facepipe.pipeline.io import atomic_path
 
+from .formats import register_family
 from .metadata import ArtifactMeta, stamp_onnx
 
 INPUT, OUTPUT = "input", "embedding"
@@ -48,7 +49,7 @@ def export_qdq(qmodel, path: str | os.PathLike, meta: ArtifactMeta, opset: int =
     """Export a quantized model (facepipe.models.quant) to a QDQ int8 ONNX and stamp `meta` on it."""
     import onnx
 
-    from facepipe.models.quant import export_qdq_onnx
+    from facepipe.export.onnx_qdq import export_qdq_onnx
 
     with atomic_path(path) as tmp:
         export_qdq_onnx(qmodel, tmp, opset=opset)
@@ -84,3 +85,25 @@ def _check_io(proto, embedding_size: int, where) -> None:
     dim = graph_output_dim(proto)
     if dim is not None and dim != int(embedding_size):
         raise ModelError(f"{where}: the model outputs {dim}-d embeddings, expected {embedding_size}")
+
+
+# --- the ONNX family --------------------------------------------------------------------------------
+def _build(ex, fmt, kind: str) -> Path:
+    return ex.onnx_for(kind)  # written once per source: also the input of OpenVINO and TensorRT
+
+
+def _load(path: Path, fmt, device: str, threads: int | None):
+    import onnx
+
+    from facepipe.pipeline.embedder import OnnxRuntimeEmbedder, ort_providers
+
+    from .metadata import ArtifactMeta, check_output_dim
+
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = ArtifactMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
+    check_output_dim(meta, graph_output_dim(proto), str(path))
+    del proto
+    return OnnxRuntimeEmbedder(path, providers=ort_providers(device), threads=threads)
+
+
+register_family("onnx", _build, _load)

@@ -16,6 +16,7 @@ import numpy as np
 from facepipe.pipeline.embedder import EMBEDDER_BACKENDS, Embedder
 from facepipe.pipeline.errors import BackendUnavailable, ModelError
 
+from .formats import register_family
 from .metadata import ArtifactMeta, check_output_dim
 
 RT_ROOT = "facepipe"
@@ -136,3 +137,15 @@ class OpenVINOEmbedder(Embedder):
 
 
 EMBEDDER_BACKENDS.register("openvino", OpenVINOEmbedder)
+
+
+# --- the OpenVINO family -----------------------------------------------------------------------------
+def _build(ex, fmt, kind: str) -> Path:
+    return onnx_to_ir(ex.onnx_for(kind), ex.path_for(fmt), ex.source(kind).meta(fmt.key))
+
+
+def _load(path: Path, fmt, device: str, threads: int | None) -> Embedder:
+    return OpenVINOEmbedder(path, device=device, threads=threads)
+
+
+register_family("openvino", _build, _load)

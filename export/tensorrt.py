@@ -20,6 +20,7 @@ from facepipe.pipeline.embedder import EMBEDDER_BACKENDS, Embedder
 from facepipe.pipeline.errors import BackendUnavailable, ConfigError, ModelError
 from facepipe.pipeline.io import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
 
+from .formats import register_family
 from .metadata import ArtifactMeta
 from .onnx import INPUT
 
@@ -298,3 +299,16 @@ class TensorRTEmbedder(Embedder):
 
 
 EMBEDDER_BACKENDS.register("tensorrt", TensorRTEmbedder)
+
+
+# --- the TensorRT family -----------------------------------------------------------------------------
+def _build(ex, fmt, kind: str) -> Path:
+    return build_engine(ex.onnx_for(kind), ex.path_for(fmt), ex.plan.trt, ex.source(kind).meta(fmt.key),
+                        ex.plan.device)
+
+
+def _load(path: Path, fmt, device: str, threads: int | None) -> Embedder:
+    return TensorRTEmbedder(path, device=device if device.startswith("cuda") else "cuda:0")
+
+
+register_family("tensorrt", _build, _load)

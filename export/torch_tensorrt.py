@@ -11,6 +11,7 @@ from facepipe.pipeline.embedder import EMBEDDER_BACKENDS, TorchEmbedder
 from facepipe.pipeline.errors import BackendUnavailable, ModelError
 from facepipe.pipeline.io import atomic_path
 
+from .formats import register_family
 from .metadata import ArtifactMeta
 from .tensorrt import BuildSettings, current_device
 
@@ -79,3 +80,16 @@ class TorchTensorRTEmbedder(TorchEmbedder):
 
 
 EMBEDDER_BACKENDS.register("torch_tensorrt", TorchTensorRTEmbedder)
+
+
+# --- the Torch-TensorRT family -----------------------------------------------------------------------
+def _build(ex, fmt, kind: str) -> Path:
+    return compile_module(ex.source(kind).reference.module, ex.path_for(fmt), ex.plan.trt,
+                          ex.source(kind).meta(fmt.key), ex.plan.device)
+
+
+def _load(path: Path, fmt, device: str, threads: int | None):
+    return TorchTensorRTEmbedder(path, device=device if device.startswith("cuda") else "cuda:0")
+
+
+register_family("torch_tensorrt", _build, _load)

@@ -14,27 +14,11 @@ try:  # typer >= 0.26 vendors click as typer._click (click itself may well be ab
 except ImportError:  # pragma: no cover - older typer depends on click and raises its exceptions
     from click import ClickException as _ClickException
 
+from .commands.options import ConfigOpt, PresetOpt, SetOpt, load
 from .errors import FacepipeError
 
 app = typer.Typer(help="facepipe: distil, quantize, export and benchmark face-recognition models.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-
-ConfigOpt = typer.Option(Path("pipeline.yaml"), "--config", "-c", help="Pipeline config file.")
-SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set distill.lr=0.05 (repeatable).")
-
-
-PresetOpt = typer.Option(None, "--preset", help="Named overrides applied before --set: smoke (the whole chain "
-                         "in a few minutes, for CI).")
-
-
-def load(config: Path, overrides: Optional[list[str]], preset: Optional[str] = None):
-    """Load the config for a command (defaults when the default pipeline.yaml is absent)."""
-    from .config import load_config
-
-    if config == Path("pipeline.yaml") and not config.exists():
-        return load_config(None, overrides or [], preset)
-    return load_config(config, overrides or [], preset)
-
 
 config_app = typer.Typer(help="Show or validate pipeline.yaml.", no_args_is_help=True)
 app.add_typer(config_app, name="config")

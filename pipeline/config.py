@@ -53,7 +53,7 @@ class PreprocessOverride(Section):
 
 class TeacherConfig(Section):
     source: str = "sface"  # packaged name (sface), a file/dir path, or hf:<org>/<repo>
-    kind: Literal["auto", "package", "checkpoint", "torchscript", "onnx", "hf", "insightface"] = "auto"
+    kind: str = "auto"  # auto, or a registered teacher kind (pipeline/teachers: TEACHER_SOURCES)
     arch: str | None = None  # registered architecture for plain checkpoints (iresnet50, ...)
     embedding_size: int = Field(default=128, ge=1)
     flip: bool = False  # fuse embeddings of the face and its mirror image
@@ -238,6 +238,11 @@ class PipelineConfig(Section):
         if required and not root.is_dir():
             raise ConfigError(f"data root {root} (data.root / ${DATA_ENV}) is not a directory")
         return root
+
+    def train_path(self) -> Path:
+        """data.train as a path (relative ones under the data root)."""
+        p = Path(self.data.train)
+        return p if p.is_absolute() else self.data_root() / p
 
     def section(self, name: str) -> Any:
         """JSON-able dump of a section or a dotted key such as "data.train" (what a fingerprint covers)."""

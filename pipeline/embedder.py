@@ -120,6 +120,10 @@ def resize_faces(faces: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+# The input convention of the students facepipe trains: RGB, 112x112, (x - 127.5) / 127.5.
+STUDENT_PREPROCESS = Preprocess()
+
+
 class Embedder(ABC):
     """Faces in, embeddings out, whatever the runtime. Subclasses implement `_forward` only."""
 

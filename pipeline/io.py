@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import FacepipeError
+from .errors import FacepipeError, ModelError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -162,3 +162,20 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
     finally:
         fh.close()
+
+
+def safe_torch_load(path: Path) -> Any:
+    """torch.load(weights_only=True): plain tensors and containers only, nothing executed."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... from a foreign or hostile file
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # torch's message starts with a generic preamble; the specific reason (e.g. "unsupported GLOBAL
+        # posix.mkdir") is on a later line.
+        reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln),
+                      lines[0] if lines else type(e).__name__)
+        raise ModelError(f"refusing to load {path}: not a plain tensor checkpoint (torch.load with "
+                         f"weights_only=True failed: {reason[:200]}). Re-save the model's state_dict from a "
+                         "trusted environment") from None

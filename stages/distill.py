@@ -10,26 +10,13 @@ this process waits for them and reports rank 0's result.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from facepipe.pipeline.config import PipelineConfig
 from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
+from facepipe.pipeline.train.setup import eval_specs
 
-
-# distill keys that do not change the training trajectory: a checkpoint stays resumable across them
-NEUTRAL_KEYS = ("devices", "num_workers", "eval_every", "benchmarks", "best_metric", "save_every", "log_every",
-                "tensorboard")
 RESULT = ".launch/result.json"
-
-
-def train_path(cfg: PipelineConfig) -> Path:
-    p = Path(cfg.data.train)
-    return p if p.is_absolute() else cfg.data_root() / p
-
-
-def eval_specs(cfg: PipelineConfig) -> list[str]:
-    return list(cfg.data.benchmarks if cfg.distill.benchmarks is None else cfg.distill.benchmarks)
 
 
 def world_size(cfg: PipelineConfig) -> int:
@@ -43,7 +30,7 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
 
     if cfg.data_free():  # training and held-out faces come from the teacher stage (pipeline/data/synthetic/datafree.py)
         return {}
-    inputs = {"data.train": train_path(cfg)}
+    inputs = {"data.train": cfg.train_path()}
     specs = eval_specs(cfg)
     root = cfg.data_root(required=False) if specs else None
     for spec in specs:
@@ -67,8 +54,10 @@ def stage_inputs(cfg: PipelineConfig) -> dict[str, Path]:
 
 def make_job(ctx: StageContext) -> dict:
     """Everything a worker needs to rebuild this stage's training on its own (JSON-able)."""
+    from facepipe.pipeline.train.setup import build_trainer
+
     cfg = ctx.config
-    return {"setup": "facepipe.stages.distill:build_trainer", "config": cfg.model_dump(mode="json"),
+    return {"setup": f"{build_trainer.__module__}:{build_trainer.__name__}", "config": cfg.model_dump(mode="json"),
             "base_dir": str(cfg.base_dir), "resume": cfg.distill.resume, "out_dir": str(ctx.stage_dir),
             "result": str(ctx.stage_dir / RESULT), "inputs": {r: str(p) for r, p in ctx.inputs.items()},
             "device": cfg.run.device, "backend": cfg.distill.launch.backend,
@@ -97,130 +86,6 @@ def run(ctx: StageContext) -> StageResult:
     if summary["best"].get("value") is not None:
         metrics["best_" + summary["best"]["metric"]] = summary["best"]["value"]
     return StageResult(outputs=outputs, metrics=metrics)
-
-
-# --- on every rank ---------------------------------------------------------------------------------
-def _teacher_fingerprint(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
-    card = inputs.get("teacher.card")
-    if card and Path(card).is_file():
-        fp = json.loads(Path(card).read_text()).get("fingerprint")
-        if fp:
-            return fp
-    from facepipe.pipeline.teachers import resolve_teacher
-
-    return resolve_teacher(cfg.teacher, cfg.base_dir).fingerprint()
-
-
-def open_teacher_cache(inputs: dict[str, str]):
-    """The teacher stage's cache: inputs teacher.cache (embeddings .npy) and teacher.cache_meta (its sidecar,
-    which names the key); None when the stage made no cache. A vanished, stale or mismatched one is a ModelError."""
-    from facepipe.pipeline.eval.cache import TeacherCache
-    from facepipe.pipeline.errors import ModelError
-
-    emb_path, meta_path = inputs.get("teacher.cache"), inputs.get("teacher.cache_meta")
-    if not emb_path or not meta_path:
-        return None
-    meta_path = Path(meta_path)
-    try:
-        key = json.loads(meta_path.read_text())["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ModelError(f"teacher cache sidecar {meta_path} is unreadable: re-run the teacher stage") from None
-    cache = TeacherCache.open(meta_path.parent, key)
-    if cache is None or cache.path.resolve() != Path(emb_path).resolve():
-        raise ModelError(f"teacher cache {emb_path} (sidecar {meta_path}) is incomplete, stale or mismatched: "
-                         "re-run the teacher stage (facepipe run --force teacher)")
-    return cache
-
-
-def build_trainer(job: dict, env, device):
-    """The job's Trainer on this rank: data, teacher targets (cache or online), student, losses, evaluator."""
-    import torch
-
-    from facepipe.models.losses import build_weighted_loss
-    from facepipe.models.registry import build_model
-    from facepipe.pipeline.data.imagefolder import open_face_source
-    from facepipe.pipeline.errors import ConfigError, ModelError
-    from facepipe.pipeline.progress import console
-    from facepipe.pipeline.train.data import STUDENT_PREPROCESS, read_labels
-    from facepipe.pipeline.train.evaluate import StudentEvaluator
-    from facepipe.pipeline.train.targets import (CachedTargets, OnlineTargets, choose_teacher_mode,
-                                                 teacher_class_centers)
-    from facepipe.pipeline.train.trainer import Trainer, seed_everything
-
-    cfg = PipelineConfig(**job["config"], base_dir=job["base_dir"])
-    d, inputs = cfg.distill, job["inputs"]
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    say = (lambda m: console.print(m)) if env.is_main else (lambda m: None)
-
-    generated = inputs.get("teacher.generated_train")
-    train = Path(generated) if generated else train_path(cfg)
-    source = open_face_source(train, on_error=cfg.data.on_error)
-    labels = read_labels(source, where=f"training set {train}")
-    cache = open_teacher_cache(inputs)
-    if cache is not None and cache.n != len(source):
-        raise ModelError(f"teacher cache {cache.path} holds {cache.n} embeddings but {train} has "
-                         f"{len(source)} faces: re-run the teacher stage")
-    choice = choose_teacher_mode(d.teacher_mode, d.augment, cache is not None,
-                                 cache is not None and cache.flipped is not None)
-    if choice.mode == "cache":
-        targets = CachedTargets(cache.embeddings, cache.flipped, where=f"teacher cache {cache.path}")
-    else:
-        from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
-
-        embedder = resolve_teacher(cfg.teacher, cfg.base_dir).load(device=str(device), threads=cfg.run.threads)
-        check_teacher_dim(embedder, cfg.teacher)
-        targets = OnlineTargets(embedder, batch_size=cfg.data.batch_size)
-    if targets.dim != cfg.teacher.embedding_size:
-        raise ModelError(f"the teacher gives {targets.dim}-d embeddings but teacher.embedding_size is "
-                         f"{cfg.teacher.embedding_size}")
-    say(f"distill: teacher embeddings from the {choice.mode} ({choice.reason})")
-
-    seed_everything(cfg.run.seed)
-    student = build_model(d.student.arch, embedding_size=d.student.embedding_size)
-    loss = build_weighted_loss(d.losses, num_classes=source.num_classes, embedding_size=d.student.embedding_size,
-                               teacher_embedding_size=targets.dim)
-    if loss.needs_centers:
-        if cache is None:
-            need = [n for n, t in loss.terms.items() if t.needs_centers]
-            raise ConfigError(f"loss {need[0]!r} needs teacher class centres, computed from the teacher cache: "
-                              "set teacher.cache=true")
-        loss.set_centers(teacher_class_centers(cache.embeddings, labels, source.num_classes))
-
-    specs = eval_specs(cfg)
-    evaluator = None
-    best_metric = d.best_metric if specs else None
-    if generated:
-        import numpy as np
-
-        from facepipe.pipeline.data.synthetic.datafree import NOTE, AgreementEvaluator
-
-        say(f"distill: {NOTE}")
-        specs, best_metric = [], "agreement_cosine"
-        evaluator = AgreementEvaluator(np.load(inputs["teacher.generated_eval"]),
-                                       np.load(inputs["teacher.generated_eval_teacher"]),
-                                       batch_size=cfg.data.batch_size, device=str(device))
-    if specs:
-        evaluator = StudentEvaluator(specs, cfg.data_root(required=False), flip=cfg.teacher.flip,
-                                     batch_size=cfg.data.batch_size, on_error=cfg.data.on_error, device=str(device))
-        if d.best_metric and not any(d.best_metric.startswith(f"{n}_") for n in evaluator.names):
-            raise ConfigError(f"distill.best_metric={d.best_metric!r} names no evaluated benchmark "
-                              f"({', '.join(evaluator.names)}): use e.g. {evaluator.names[0]}_accuracy")
-    distill_cfg = {k: v for k, v in cfg.section("distill").items() if k not in NEUTRAL_KEYS}
-    identity = {"distill": distill_cfg, "seed": cfg.run.seed, "device": device.type,
-                "data": {"listing": source.content_hash(), "n": len(source), "num_classes": int(source.num_classes)},
-                "teacher": {"fingerprint": _teacher_fingerprint(cfg, inputs), "mode": choice.mode,
-                            "cache": cache.key if choice.mode == "cache" else None}}
-    meta = {"arch": d.student.arch, "embedding_size": d.student.embedding_size,
-            "preprocess": STUDENT_PREPROCESS.to_dict(), "teacher_embedding_size": targets.dim,
-            "losses": [t.model_dump(mode="json") for t in d.losses]}
-    trainer = Trainer(d, student, loss, source, out_dir=Path(job["out_dir"]), identity=identity, seed=cfg.run.seed,
-                      targets=targets, labels=labels, env=env, device=device,
-                      evaluator=evaluator if env.is_main else None, best_metric=best_metric,
-                      student_meta=meta, log=say)
-    trainer.student_meta["fingerprint"] = trainer.fingerprint
-    trainer.info = {"teacher_mode": choice.mode, "teacher_mode_reason": choice.reason}
-    return trainer
 
 
 SPEC = register_stage(StageSpec(

@@ -14,11 +14,6 @@ from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, regis
 from facepipe.pipeline.progress import table_console
 
 
-def _train_path(cfg: PipelineConfig) -> Path:
-    p = Path(cfg.data.train)
-    return p if p.is_absolute() else cfg.data_root() / p
-
-
 def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     """Teacher files, the check benchmarks' files and (when caching) the training set."""
     from facepipe.pipeline.eval.datasets import resolve_benchmark
@@ -33,7 +28,7 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     for spec in cfg.teacher.check:
         inputs.update({f"bench.{k}": v for k, v in benchmark_inputs(resolve_benchmark(spec, root)).items()})
     if cfg.teacher.cache:
-        inputs["data.train"] = _train_path(cfg)
+        inputs["data.train"] = cfg.train_path()
     return inputs
 
 
@@ -75,7 +70,7 @@ def run(ctx: StageContext) -> StageResult:
     if cfg.teacher.cache:
         from facepipe.pipeline.data.imagefolder import open_face_source
 
-        faces = open_face_source(_train_path(cfg), on_error=cfg.data.on_error)
+        faces = open_face_source(cfg.train_path(), on_error=cfg.data.on_error)
         # Built once in the shared, content-keyed cache (other runs with the same teacher and data reuse it),
         # then copied into this stage's folder so the run's outputs stand on their own.
         shared, reused = open_or_build(source, faces, embeddings_cache_dir(), flip=cfg.teacher.flip,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import ConfigOpt, SetOpt, load
+from .options import ConfigOpt, SetOpt, load
 from ..errors import ConfigError
 
 HELP = "\n\n".join([

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import ConfigOpt, SetOpt, load
+from .options import ConfigOpt, SetOpt, load
 from ..errors import ConfigError
 
 HELP = "\n\n".join([
@@ -115,7 +115,8 @@ def _bench(cfg, steps: int, json_out: Optional[Path], out) -> None:
     from facepipe.pipeline.io import atomic_write_json
     from facepipe.pipeline.train.steptime import bench_modes, bench_table
     from facepipe.pipeline.train.dist import DistEnv, worker_device
-    from facepipe.stages.distill import build_trainer, stage_inputs
+    from facepipe.pipeline.train.setup import build_trainer
+    from facepipe.stages.distill import stage_inputs
 
     inputs = {r: str(p) for r, p in stage_inputs(cfg).items()}
     env = DistEnv()

@@ -7,11 +7,9 @@ from typing import Optional
 
 import typer
 
-from ..cli import ConfigOpt, SetOpt, load
+from .options import ConfigOpt, SetOpt, load
 from ..errors import ConfigError
 from ..progress import table_console
-
-KINDS = ("auto", "package", "checkpoint", "torchscript", "onnx", "hf", "insightface")
 
 
 def eval_command(
@@ -21,7 +19,8 @@ def eval_command(
                                              "data root (lfw, cfp_fp, agedb_30, calfw, cplfw, ijbb, ijbc) or "
                                              ".bin / folder paths. Default: data.benchmarks."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
-    kind: str = typer.Option("auto", "--kind", help=f"Model kind: {', '.join(KINDS)}."),
+    kind: str = typer.Option("auto", "--kind", help="Model kind: auto (from the source) or a "
+                            "teacher kind (package, checkpoint, torchscript, onnx, insightface, hf, ...)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture of a plain state-dict checkpoint."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Fuse each face with its mirror "
                                         "(default: teacher.flip)."),
@@ -38,8 +37,10 @@ def eval_command(
     from ..io import atomic_write_json
     from ..teachers import resolve_teacher
 
-    if kind not in KINDS:
-        raise ConfigError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
+    from ..teachers import TEACHER_SOURCES
+
+    if kind != "auto" and kind not in TEACHER_SOURCES.names():
+        raise ConfigError(f"--kind {kind!r}: choose auto or one of {', '.join(TEACHER_SOURCES.names())}")
     if metric not in ("euclidean", "cosine"):
         raise ConfigError(f"--metric {metric!r}: choose euclidean or cosine")
     cfg = load(config, set_)

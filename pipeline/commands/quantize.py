@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import ConfigOpt, SetOpt, load
+from .options import ConfigOpt, SetOpt, load
 from ..errors import ConfigError
 
 BITS = range(2, 9)  # what the fake quantizers support; 8 and 6 are the measured settings

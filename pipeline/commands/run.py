@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import ConfigOpt, PresetOpt, SetOpt, load
+from .options import ConfigOpt, PresetOpt, SetOpt, load
 from ..progress import table_console
 
 

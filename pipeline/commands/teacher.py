@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import ConfigOpt, SetOpt, load
+from .options import ConfigOpt, SetOpt, load
 
 
 def _open_train_source(cfg):

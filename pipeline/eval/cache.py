@@ -6,8 +6,8 @@ Layout under cache_dir, for key K = cache_key(teacher, faces, flip):
   K.json       sidecar {format, key, teacher, data, preprocess, n, dim, flip, skipped, complete, ...}, written last
 Arrays are filled under temporary names and renamed when complete; the sidecar is the commit marker, so
 a killed build is never reused, and a changed teacher file, preprocessing, image bytes, flip, reading /
-preprocessing code or runtime gives a different key. Faces the source skips (image(i) is None under data.on_error=skip) get NaN rows and are
-listed in `skipped`.
+preprocessing code or runtime gives a different key. Faces the source skips (image(i) is None under
+data.on_error=skip) get NaN rows and are listed in `skipped`.
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def write_artifacts(cfg: PipelineConfig, final, student, meta: dict, out_dir: Pa
         from .nncf_backend import export_int8_onnx
 
         return {"onnx_int8": export_int8_onnx(final, out_dir / "qstudent.int8.onnx", student, meta)}
-    from facepipe.models.quant import save_quantized, write_packed
+    from facepipe.pipeline.quant.storage import save_quantized, write_packed
 
     files = {"qstudent": save_quantized(out_dir / "qstudent.pt", final, meta), "spec": out_dir / SPEC_FILE,
              "packed": out_dir / f"qstudent.w{meta['weight_range']['weight_bits']}.fpq"}

@@ -11,10 +11,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from facepipe.pipeline.embedder import Preprocess, resize_faces
+from facepipe.pipeline.embedder import STUDENT_PREPROCESS, Preprocess, resize_faces
 from facepipe.pipeline.errors import DataError
 
-STUDENT_PREPROCESS = Preprocess()  # RGB, 112x112, (x - 127.5) / 127.5
 
 
 class FaceSource(Protocol):

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from facepipe.pipeline.errors import ConfigError
 
-from .data import STUDENT_PREPROCESS
+from ..embedder import STUDENT_PREPROCESS
 
 SCALARS = ("accuracy", "val", "auc")
 

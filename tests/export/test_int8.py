@@ -19,20 +19,19 @@ from facepipe.export.formats import get_format
 from facepipe.export.metadata import ArtifactMeta
 from facepipe.export.parity import check_parity, synthetic_faces
 from facepipe.pipeline.embedder import Preprocess
+from facepipe.models.quant import prepare_quantized
 from facepipe.pipeline.io import sha256_file
+from facepipe.pipeline.quant.storage import save_quantized
 
-quant = pytest.importorskip("facepipe.models.quant")
-if not hasattr(quant, "load_quantized"):
-    pytest.skip("facepipe.models.quant has no load_quantized yet", allow_module_level=True)
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.slow
 
 
 def _quantize(module, x: torch.Tensor, path: Path, pre: Preprocess) -> Path:
-    q = quant.prepare_quantized(module, 8, 8, weight_symmetric=True, act_symmetric=False)
+    q = prepare_quantized(module, 8, 8, weight_symmetric=True, act_symmetric=False)
     q.calibrate([x[i:i + 16] for i in range(0, len(x), 16)])
     q.freeze_activations()
-    quant.save_quantized(path, q.eval(), {"arch": "mobilefacenet", "embedding_size": 128,
+    save_quantized(path, q.eval(), {"arch": "mobilefacenet", "embedding_size": 128,
                                            "preprocess": pre.to_dict(), "fingerprint": "q" * 64})
     return path
 

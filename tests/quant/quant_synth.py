@@ -11,7 +11,8 @@ import torch
 
 from facepipe.models.registry import build_model
 from facepipe.pipeline.train.checkpoint import STUDENT_KIND, save_checkpoint
-from facepipe.pipeline.train.data import STUDENT_PREPROCESS, student_input
+from facepipe.pipeline.embedder import STUDENT_PREPROCESS
+from facepipe.pipeline.train.data import student_input
 
 from tiny_nets import EMB, TinyFaceNet  # noqa: F401 (re-exported for the quantize tests)
 

@@ -12,7 +12,7 @@ from facepipe.pipeline.errors import BackendUnavailable, ConfigError, DataError
 from facepipe.pipeline.data.synthetic import dcgan
 from facepipe.pipeline.data.synthetic.inversion import BNStatLoss, invert_faces
 from facepipe.pipeline.quant.sources import load_faces
-from facepipe.pipeline.train.data import STUDENT_PREPROCESS
+from facepipe.pipeline.embedder import STUDENT_PREPROCESS
 
 from quant_synth import smooth_faces, tiny_student, write_image_folder
 

@@ -57,7 +57,7 @@ def stages(student: Path):
 
 
 def test_stage_through_the_runner_writes_artifacts_and_metrics(tmp_path):
-    from facepipe.models.quant import load_quantized, read_packed
+    from facepipe.pipeline.quant.storage import load_quantized, read_packed
 
     student = write_student(tmp_path / "student.pt")
     write_image_folder(tmp_path / "data" / "train", n=16)

@@ -101,7 +101,8 @@ def test_a_recordio_set_is_keyed_by_its_bytes_not_its_size(tmp_path):
             (d / f"{i}.jpg").write_bytes(first if i == 0 else encode_jpeg(img))
         write_rec_from_folder(tmp_path / name, tmp_path / f"{name}")
     a, b = tmp_path / "a.rec", tmp_path / "b.rec"
-    assert a.stat().st_size == b.stat().st_size and (tmp_path / "a.idx").read_bytes() == (tmp_path / "b.idx").read_bytes()
+    assert a.stat().st_size == b.stat().st_size
+    assert (tmp_path / "a.idx").read_bytes() == (tmp_path / "b.idx").read_bytes()
     h_a = open_face_source(a).content_hash()
     os.replace(b, a)  # same size, same index, one record's face differs
     assert open_face_source(a).content_hash() != h_a

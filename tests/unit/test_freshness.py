@@ -115,7 +115,7 @@ MISSING_FROM_THE_OLD_TUPLES = {
     "distill": ["models.losses.base", "models.losses.memory", "models.losses.distributed", "models.losses.registry",
                 "pipeline.eval.cache", "pipeline.embedder", "pipeline.data.synthetic.datafree", "pipeline.train.launch",
                 "pipeline.train.logs"],
-    "export": ["models.quant.onnx_qdq", "models.quant.storage"],
+    "export": ["export.onnx_qdq", "pipeline.quant.storage"],
     "bench": ["pipeline.device", "pipeline.plots", "export.onnx", "export.openvino", "export.tensorrt"],
 }
 
@@ -167,7 +167,8 @@ def test_identical_weights_give_identical_bytes(tmp_path):
     same weights wrote other bytes and quantize, export and bench re-ran for nothing."""
     import torch
 
-    from facepipe.models.quant import prepare_quantized, save_quantized
+    from facepipe.models.quant import prepare_quantized
+    from facepipe.pipeline.quant.storage import save_quantized
     from facepipe.pipeline.train.checkpoint import save_checkpoint
 
     payload = {"state_dict": {"w": torch.arange(10.0)}, "arch": "mobilefacenet"}

@@ -7,7 +7,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from facepipe.models.quant import export_qdq_onnx, prepare_quantized
+from facepipe.export.onnx_qdq import export_qdq_onnx
+from facepipe.models.quant import prepare_quantized
 from facepipe.pipeline.errors import ConfigError, ModelError
 from onnx import numpy_helper
 

@@ -8,15 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from facepipe.models.quant import (
+from facepipe.models.quant import prepare_quantized
+from facepipe.pipeline.quant.storage import (
     load_packed,
     load_quantized,
-    prepare_quantized,
     read_packed,
     save_quantized,
     write_packed,
 )
-from facepipe.models.quant.storage import pack_codes, unpack_codes
+from facepipe.pipeline.quant.storage import pack_codes, unpack_codes
 from facepipe.models.registry import build_model
 
 from quant_nets import one_thread  # noqa: F401 (autouse fixture)

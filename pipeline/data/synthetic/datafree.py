@@ -1,6 +1,6 @@
 """Data-free mode: when no face data is configured, the pipeline still does real work.
 
-The teacher stage draws faces from the DCGAN generator of the `gan-face-generate` wheel (pipeline/data/synthetic/dcgan.py,
+The teacher stage draws faces from the DCGAN generator of the `gan-face-generate` wheel (dcgan.py here,
 aligned to the ArcFace template), writes them as an image folder in which every face is its own identity,
 and caches the teacher's embeddings of them; the distill stage trains on that folder (instance-level
 distillation: the AdaDistill class centre of each "identity" is its teacher embedding) and scores the student
@@ -74,7 +74,7 @@ class AgreementEvaluator:
 
     def __call__(self, model) -> dict[str, float]:
         from ...embedder import TorchEmbedder
-        from ...train.data import STUDENT_PREPROCESS
+        from ...embedder import STUDENT_PREPROCESS
 
         was_training = model.training
         try:

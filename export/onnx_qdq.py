@@ -31,8 +31,8 @@ from facepipe.pipeline.errors import ConfigError, ModelError
 from facepipe.pipeline.io import atomic_path
 from onnx import numpy_helper
 
-from .formulas import qrange, to_onnx_qparams
-from .prepare import QuantizedModel
+from facepipe.models.quant.formulas import qrange, to_onnx_qparams
+from facepipe.models.quant.prepare import QuantizedModel
 
 MIN_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear (axis attribute)
 

@@ -19,8 +19,8 @@ import torch
 from facepipe.pipeline.errors import ModelError
 from facepipe.pipeline.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
-from .formulas import dequantize, qrange, to_onnx_qparams
-from .prepare import QuantizedModel, prepare_quantized
+from facepipe.models.quant.formulas import dequantize, qrange, to_onnx_qparams
+from facepipe.models.quant.prepare import QuantizedModel, prepare_quantized
 
 FORMAT = "facepipe.quantized/1"
 PACKED_FORMAT = "facepipe.packed/1"

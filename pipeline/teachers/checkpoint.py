@@ -1,0 +1,127 @@
+"""PyTorch teachers: a state-dict checkpoint of a registered architecture, or a TorchScript archive.
+Nothing is unpickled beyond plain tensors (pipeline/io.safe_torch_load: torch.load(weights_only=True))."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from ..embedder import Embedder, Preprocess, TorchEmbedder
+from ..errors import ConfigError, ModelError
+from ..io import safe_torch_load
+from ..weights import load_weights, strip_prefixes, unwrap_checkpoint
+from .base import DEFAULT_PREPROCESS, TEACHER_SOURCES, TeacherSource, require_file, resolve_preprocess
+
+TORCHSCRIPT_META = "facepipe.json"  # TorchScript _extra_files entry carrying {"preprocess": ..., ...}
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+
+# --- checkpoint ------------------------------------------------------------------------------------
+@dataclass
+class CheckpointTeacher(TeacherSource):
+    kind: ClassVar[str] = "checkpoint"
+    claim_order: ClassVar[int] = 60
+
+    @classmethod
+    def claims(cls, source, path):
+        return path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES
+    _state: dict | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, cfg, source):
+        path = require_file(Path(source), "checkpoint file")
+        state, meta = unwrap_checkpoint(safe_torch_load(path), path)
+        # A checkpoint that declares its architecture (facepipe's student.pt does) needs no teacher.arch.
+        declared_arch, declared_dim = meta.get("arch"), meta.get("embedding_size")
+        if isinstance(declared_arch, str):
+            if cfg.arch and cfg.arch != declared_arch:
+                raise ModelError(f"{path} declares arch {declared_arch!r} but teacher.arch is {cfg.arch!r}: "
+                                 "drop the override")
+            update = {"arch": declared_arch}
+            if isinstance(declared_dim, int):
+                update["embedding_size"] = declared_dim
+            cfg = cfg.model_copy(update=update)
+        if not cfg.arch:
+            raise ConfigError(f"teacher.arch is required for the checkpoint teacher {path.name} "
+                              "(e.g. --set teacher.arch=iresnet50)")
+        declared: set[str] = set()
+        pre = DEFAULT_PREPROCESS
+        if isinstance(meta.get("preprocess"), dict):
+            pre, declared = Preprocess.from_dict(meta["preprocess"]), {"size", "color", "mean", "std"}
+        pre = resolve_preprocess(pre, declared, cfg.preprocess, str(path))
+        src = cls(cfg, path.stem, [path], pre, declared)
+        src._state = strip_prefixes(state)
+        return src
+
+    def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
+        from facepipe.models.registry import build_model
+
+        state = self._state if self._state is not None else \
+            strip_prefixes(unwrap_checkpoint(safe_torch_load(self.files[0]), self.files[0])[0])
+        model = build_model(self.cfg.arch, embedding_size=self.cfg.embedding_size)
+        load_weights(model, state, str(self.files[0]),
+                     f"{self.cfg.arch} with teacher.embedding_size={self.cfg.embedding_size}")
+        self._state = None  # the module holds the weights now
+        return TorchEmbedder(model, self.preprocess, name=self.name, device=device)
+
+
+TEACHER_SOURCES.register("checkpoint", CheckpointTeacher)
+
+
+# --- torchscript -----------------------------------------------------------------------------------
+def is_torchscript(path: Path) -> bool:
+    """True when `path` is a TorchScript archive (a zip with code/ and constants.pkl)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _torchscript_meta(path: Path) -> dict:
+    with zipfile.ZipFile(path) as zf:
+        for n in zf.namelist():
+            if n.endswith(f"/extra/{TORCHSCRIPT_META}"):
+                try:
+                    return json.loads(zf.read(n) or b"{}")
+                except json.JSONDecodeError:
+                    raise ModelError(f"{path}: extra file {TORCHSCRIPT_META} is not JSON") from None
+    return {}
+
+
+@dataclass
+class TorchScriptTeacher(TeacherSource):
+    kind: ClassVar[str] = "torchscript"
+    claim_order: ClassVar[int] = 40
+
+    @classmethod
+    def claims(cls, source, path):
+        return path.is_file() and is_torchscript(path)
+
+    @classmethod
+    def from_config(cls, cfg, source):
+        path = require_file(Path(source), "TorchScript file")
+        if not is_torchscript(path):
+            raise ModelError(f"{path} is not a TorchScript archive (torch.jit.save); for a state dict use "
+                             "teacher.kind=checkpoint with teacher.arch")
+        meta = _torchscript_meta(path)
+        pre, declared = DEFAULT_PREPROCESS, set()
+        if isinstance(meta.get("preprocess"), dict):
+            pre, declared = Preprocess.from_dict(meta["preprocess"]), {"size", "color", "mean", "std"}
+        return cls(cfg, path.stem, [path], resolve_preprocess(pre, declared, cfg.preprocess, str(path)), declared)
+
+    def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
+        import torch
+
+        try:
+            module = torch.jit.load(str(self.files[0]), map_location="cpu")
+        except Exception as e:
+            raise ModelError(f"torch.jit.load cannot read {self.files[0]}: {str(e).splitlines()[0][:200]}") from None
+        return TorchEmbedder(module, self.preprocess, name=self.name, device=device)
+
+
+TEACHER_SOURCES.register("torchscript", TorchScriptTeacher)
+

@@ -1,0 +1,135 @@
+"""ONNX teachers: one .onnx file (insightface model-zoo conventions when it declares no preprocessing), or an
+insightface model-pack folder (the recognition model among its .onnx files)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ..embedder import (Embedder, OnnxRuntimeEmbedder, Preprocess, onnx_external_files, ort_providers,
+                        parse_onnx_metadata)
+from ..errors import ModelError
+from .base import TEACHER_SOURCES, TeacherSource, require_file, resolve_preprocess
+
+
+# --- onnx ------------------------------------------------------------------------------------------
+def _graph_io(proto) -> tuple[list, list]:
+    """(inputs, outputs) as (name, shape) with initializers removed from the inputs; dims are int or str."""
+    inits = {t.name for t in proto.graph.initializer}
+
+    def shape(v):
+        dims = v.type.tensor_type.shape.dim
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+    ins = [(v.name, shape(v)) for v in proto.graph.input if v.name not in inits]
+    outs = [(v.name, shape(v)) for v in proto.graph.output]
+    return ins, outs
+
+
+def insightface_mean_std(proto) -> tuple[float, float]:
+    """insightface ArcFaceONNX's rule: Sub and Mul among the first 8 node names -> the graph normalises
+    itself (mean 0, std 1, mxnet-converted models); otherwise mean 127.5, std 127.5."""
+    find_sub = find_mul = False
+    for node in proto.graph.node[:8]:
+        if node.name.startswith("Sub") or node.name.startswith("_minus"):
+            find_sub = True
+        if node.name.startswith("Mul") or node.name.startswith("_mul"):
+            find_mul = True
+    return (0.0, 1.0) if (find_sub and find_mul) else (127.5, 127.5)
+
+
+def _load_proto(path: Path):
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+
+
+@dataclass
+class OnnxTeacher(TeacherSource):
+    kind: ClassVar[str] = "onnx"
+
+    @classmethod
+    def claims(cls, source, path):
+        return path.is_file() and path.suffix.lower() == ".onnx"
+
+    @classmethod
+    def from_config(cls, cfg, source):
+        path = require_file(Path(source), "ONNX file")
+        return cls.from_onnx(cfg, path, path.stem)
+
+    @classmethod
+    def from_onnx(cls, cfg, path: Path, name: str, proto=None) -> "OnnxTeacher":
+        proto = proto if proto is not None else _load_proto(path)
+        meta = parse_onnx_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+        if meta["preprocess"] is not None:
+            pre, declared = meta["preprocess"], {"size", "color", "mean", "std"}
+        else:
+            # insightface model-zoo convention: blobFromImages(swapRB=True) feeds RGB, mean/std by graph rule.
+            mean, std = insightface_mean_std(proto)
+            ins, _ = _graph_io(proto)
+            dims = ins[0][1] if ins else []
+            size = dims[2] if len(dims) == 4 and isinstance(dims[2], int) and dims[2] > 0 else 112
+            declared = {"size"} if len(dims) == 4 and isinstance(dims[2], int) and dims[2] > 0 else set()
+            pre = Preprocess(size=size, color="RGB", mean=(mean,) * 3, std=(std,) * 3)
+        files = [path, *onnx_external_files(path, proto)]  # the weights file is part of the teacher
+        return cls(cfg, name, files, resolve_preprocess(pre, declared, cfg.preprocess, str(path)), declared)
+
+    def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
+        return OnnxRuntimeEmbedder(self.files[0], preprocess=self.preprocess, name=self.name,
+                                   providers=ort_providers(device), threads=threads)
+
+
+TEACHER_SOURCES.register("onnx", OnnxTeacher)
+
+
+# --- insightface model pack ------------------------------------------------------------------------
+def is_recognition_onnx(proto) -> bool:
+    """One image input (N, 3, 112, 112) and one rank-2 output: a recognition model, not det/landmark/attr."""
+    ins, outs = _graph_io(proto)
+    return (len(ins) == 1 and len(ins[0][1]) == 4 and ins[0][1][1:] == [3, 112, 112]
+            and len(outs) == 1 and len(outs[0][1]) == 2)
+
+
+@dataclass
+class InsightFaceTeacher(TeacherSource):
+    kind: ClassVar[str] = "insightface"
+    claim_order: ClassVar[int] = 60
+
+    @classmethod
+    def claims(cls, source, path):
+        return path.is_dir() and any(path.glob("*.onnx"))
+
+    @classmethod
+    def from_config(cls, cfg, source):
+        pack = Path(source)
+        if not pack.is_dir():
+            raise ModelError(f"teacher.source {pack}: an insightface model pack must be a directory of .onnx files")
+        candidates = sorted(pack.glob("*.onnx"))
+        if not candidates:
+            raise ModelError(f"{pack}: no .onnx files in this insightface model pack")
+        found = []
+        for p in candidates:
+            proto = _load_proto(p)
+            if is_recognition_onnx(proto):
+                found.append((p, proto))
+        if not found:
+            raise ModelError(f"{pack}: none of {[p.name for p in candidates]} is a recognition model "
+                             "(one 3x112x112 input, one vector output)")
+        if len(found) > 1:
+            raise ModelError(f"{pack}: several recognition models {[p.name for p, _ in found]}; "
+                             "point teacher.source at one of them")
+        path, proto = found[0]
+        src = OnnxTeacher.from_onnx(cfg, path, f"{pack.name}/{path.stem}", proto)
+        return cls(cfg, src.name, src.files, src.preprocess, src.declared)
+
+    def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
+        return OnnxRuntimeEmbedder(self.files[0], preprocess=self.preprocess, name=self.name,
+                                   providers=ort_providers(device), threads=threads)
+
+
+TEACHER_SOURCES.register("insightface", InsightFaceTeacher)
+
