@@ -19,13 +19,15 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     from facepipe.pipeline.eval.datasets import resolve_benchmark
     from facepipe.pipeline.eval.evaluate import benchmark_inputs
     from facepipe.pipeline.quant.job import accuracy_plan
+    from facepipe.pipeline.quant.plan import QuantPlan
     from facepipe.pipeline.quant.sources import data_path
 
+    plan = QuantPlan.from_config(cfg)
     inputs: dict[str, Path] = {}
-    path = data_path(cfg)
+    path = data_path(plan)
     if path is not None:
         inputs["quantize.data"] = path
-    specs, root, _ = accuracy_plan(cfg)
+    specs, root, _ = accuracy_plan(plan)
     for spec in specs:
         inputs.update({f"bench.{k}": v for k, v in benchmark_inputs(resolve_benchmark(spec, root)).items()})
     return inputs
@@ -34,16 +36,18 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
 def derived(cfg: PipelineConfig) -> dict:
     """The weight range quantize.overflow_fix resolves to on this CPU."""
     from facepipe.pipeline.quant.job import weight_range
+    from facepipe.pipeline.quant.plan import QuantPlan
 
-    return {"weight_bits": weight_range(cfg)["weight_bits"]}
+    return {"weight_bits": weight_range(QuantPlan.from_config(cfg))["weight_bits"]}
 
 
 def run(ctx: StageContext) -> StageResult:
     """Quantize the distilled student into the stage folder; metrics flattened for the manifest."""
     from facepipe.pipeline.progress import console
     from facepipe.pipeline.quant.job import flat_metrics, quantize_student
+    from facepipe.pipeline.quant.plan import QuantPlan
 
-    outputs, metrics = quantize_student(ctx.config, ctx.inputs["distill.student"], ctx.stage_dir,
+    outputs, metrics = quantize_student(QuantPlan.from_config(ctx.config), ctx.inputs["distill.student"], ctx.stage_dir,
                                         say=lambda m: console.print(m, markup=False, highlight=False))
     return StageResult(outputs=outputs, metrics=flat_metrics(metrics))
 

@@ -71,15 +71,18 @@ def quantize_command(
 
         if restart:
             (out / CHECKPOINT).unlink(missing_ok=True)
-        quantize_student(cfg, student, out, say=say)
+        from ..quant.plan import QuantPlan
+
+        quantize_student(QuantPlan.from_config(cfg), student, out, say=say)
         say(f"quantize: wrote {out}")
         return
     from ..quant.job import CHECKPOINT, check_config
+    from ..quant.plan import QuantPlan
     from ..runner import outcomes_table, run_pipeline
 
     if not cfg.quantize.enabled:
         raise ConfigError("quantize.enabled is false: set it to true (--set quantize.enabled=true) to quantize")
-    check_config(cfg)
+    check_config(QuantPlan.from_config(cfg))
     if restart:
         (cfg.run_dir() / "quantize" / CHECKPOINT).unlink(missing_ok=True)
     record: list = []

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import PipelineConfig
 from ..errors import ConfigError
+from .plan import QuantPlan
 from ..io import atomic_write_json
 
 SPEC_FILE = "quant_spec.json"
@@ -27,48 +27,43 @@ COSINE_FACES = 512  # calibration faces compared with fp32 when no benchmark is 
 NEUTRAL_KEYS = ("enabled", "benchmarks")  # quantize keys that do not change the trained weights
 
 
-def check_config(cfg: PipelineConfig) -> None:
+def check_config(plan: QuantPlan) -> None:
     """Combinations the field validators cannot see (raised before any work)."""
-    q = cfg.quantize
+    q = plan.q
     if q.backend == "nncf" and (q.wbits, q.abits) != (8, 8):
         raise ConfigError(f"quantize.backend=nncf supports 8-bit weights and activations only (got "
                           f"wbits={q.wbits}, abits={q.abits}): use quantize.backend=own for other bit widths")
 
 
-def benchmark_specs(cfg: PipelineConfig) -> list[str]:
-    q = cfg.quantize
-    return list(cfg.data.benchmarks if q.benchmarks is None else q.benchmarks)
-
-
-def accuracy_plan(cfg: PipelineConfig) -> tuple[list[str], Path | None, str | None]:
+def accuracy_plan(plan: QuantPlan) -> tuple[list[str], Path | None, str | None]:
     """(benchmark specs to score, data root, note when accuracy is skipped)."""
-    specs = benchmark_specs(cfg)
+    specs = list(plan.benchmarks)
     if not specs:
         return [], None, "no benchmark configured (quantize.benchmarks / data.benchmarks): cosine only"
-    root = cfg.data_root(required=False)
+    root = plan.data_root
     if root is None and all(not Path(s).expanduser().exists() for s in specs):
         return [], None, ("no data root (data.root / $FACEPIPE_DATA): benchmarks "
                           f"{', '.join(specs)} skipped, cosine to fp32 on the calibration faces only")
     return specs, root, None
 
 
-def identity(cfg: PipelineConfig, student_sha: str, faces: np.ndarray) -> dict:
+def identity(plan: QuantPlan, student_sha: str, faces: np.ndarray) -> dict:
     """What a QAT checkpoint must match to be resumed."""
     from ..eval.evaluate import faces_fingerprint
 
-    q = {k: v for k, v in cfg.section("quantize").items() if k not in NEUTRAL_KEYS}
-    return {"quantize": q, "student": student_sha, "faces": faces_fingerprint(faces), "seed": cfg.run.seed,
-            "weight_bits": weight_range(cfg)["weight_bits"]}
+    q = {k: v for k, v in plan.section().items() if k not in NEUTRAL_KEYS}
+    return {"quantize": q, "student": student_sha, "faces": faces_fingerprint(faces), "seed": plan.seed,
+            "weight_bits": weight_range(plan)["weight_bits"]}
 
 
-def weight_range(cfg: PipelineConfig, isa: dict | None = None) -> dict:
+def weight_range(plan: QuantPlan, isa: dict | None = None) -> dict:
     """The weight bits the quantizers use: quantize.overflow_fix resolved against this CPU (`isa`: the
     device.parse_isa dict, default this machine's), with the reason - recorded in the artifacts."""
     from facepipe.models.quant import safe_weight_bits, saturates_without_vnni
 
     from ..device import cpu_info, x86_without_vnni
 
-    q = cfg.quantize
+    q = plan.q
     isa = cpu_info()["isa"] if isa is None else isa
     at_risk = saturates_without_vnni(q.wbits, q.abits)
     on = at_risk and (q.overflow_fix is True or (q.overflow_fix == "auto" and x86_without_vnni(isa)))
@@ -87,12 +82,12 @@ def weight_range(cfg: PipelineConfig, isa: dict | None = None) -> dict:
             "cpu_isa": isa.get("summary"), "reason": why}
 
 
-def quantize_models(cfg: PipelineConfig, student, faces: np.ndarray, ckpt, wrange: dict) -> tuple[Any, Any, Any]:
+def quantize_models(plan: QuantPlan, student, faces: np.ndarray, ckpt, wrange: dict) -> tuple[Any, Any, Any]:
     """(PTQ model, QAT model or None, QatReport or None) for the configured backend and mode, with the weight
     range of `weight_range`."""
     from .qat import calibrated, run_qat
 
-    q = cfg.quantize
+    q = plan.q
     if q.backend == "nncf":
         from .nncf_backend import nncf_ptq
 
@@ -108,14 +103,14 @@ def quantize_models(cfg: PipelineConfig, student, faces: np.ndarray, ckpt, wrang
     if q.mode != "qat" or q.steps == 0:
         return ptq.eval(), None, None
     report = run_qat(start, student, faces, steps=q.steps, batch_size=q.batch_size, lr=q.lr,
-                     weight_decay=q.weight_decay, freeze_after=q.freeze_after, seed=cfg.run.seed, checkpoint=ckpt,
+                     weight_decay=q.weight_decay, freeze_after=q.freeze_after, seed=plan.seed, checkpoint=ckpt,
                      observers=q.backend == "own")
     return ptq.eval(), start.eval(), report
 
 
-def write_artifacts(cfg: PipelineConfig, final, student, meta: dict, out_dir: Path) -> dict[str, Path]:
+def write_artifacts(plan: QuantPlan, final, student, meta: dict, out_dir: Path) -> dict[str, Path]:
     """qstudent.pt + quant_spec.json + qstudent.w<B>.fpq (own backend), or the int8 QDQ ONNX (nncf)."""
-    q = cfg.quantize
+    q = plan.q
     if q.backend == "nncf":
         from .nncf_backend import export_int8_onnx
 
@@ -128,29 +123,29 @@ def write_artifacts(cfg: PipelineConfig, final, student, meta: dict, out_dir: Pa
     return files
 
 
-def measure(cfg: PipelineConfig, student, models: dict, faceset) -> tuple[dict, dict]:
+def measure(plan: QuantPlan, student, models: dict, faceset) -> tuple[dict, dict]:
     """(accuracy per model and benchmark, cosine to fp32 per model) - see accuracy_plan for what is scored."""
     from .report import Fp32Source, cosine_stats, embed, evaluate_models
 
-    specs, root, _ = accuracy_plan(cfg)
+    specs, root, _ = accuracy_plan(plan)
     accuracy, cosines = {}, None
     if specs:
-        accuracy, cosines = evaluate_models(models, student.preprocess, specs, root, flip=cfg.teacher.flip,
-                                            batch_size=cfg.data.batch_size, on_error=cfg.data.on_error,
+        accuracy, cosines = evaluate_models(models, student.preprocess, specs, root, flip=plan.flip,
+                                            batch_size=plan.batch_size, on_error=plan.on_error,
                                             fp32_source=Fp32Source(student.sha256))
     if cosines is None:  # no pair benchmark: compare on the calibration faces
         sample = faceset.faces[:COSINE_FACES]
-        ref = embed(student.module, sample, student.preprocess, "fp32", cfg.data.batch_size)
-        cosines = {n: {**cosine_stats(ref, embed(m, sample, student.preprocess, n, cfg.data.batch_size)),
+        ref = embed(student.module, sample, student.preprocess, "fp32", plan.batch_size)
+        cosines = {n: {**cosine_stats(ref, embed(m, sample, student.preprocess, n, plan.batch_size)),
                        "on": f"{faceset.kind} calibration faces"} for n, m in models.items() if n != "fp32"}
     return accuracy, cosines
 
 
-def model_rows(cfg: PipelineConfig, models: dict, sizes: dict, accuracy: dict, cosines: dict,
+def model_rows(plan: QuantPlan, models: dict, sizes: dict, accuracy: dict, cosines: dict,
                wbits: int) -> dict:
     """Per model (fp32, ptq, qat): bits (weight bits as used), accuracy per benchmark, cosine, file and memory
     bytes."""
-    q = cfg.quantize
+    q = plan.q
     quant_file = sizes.get("packed_file_bytes") or sizes.get("onnx_int8_file_bytes")
     rows = {"fp32": {"bits": "32/32", "file_bytes": sizes["fp32_file_bytes"],
                      "memory_bytes": sizes["fp32_memory_bytes"]}}
@@ -163,7 +158,7 @@ def model_rows(cfg: PipelineConfig, models: dict, sizes: dict, accuracy: dict, c
     return rows
 
 
-def quantize_student(cfg: PipelineConfig, student_path: Path, out_dir: Path, *, say=print,
+def quantize_student(plan: QuantPlan, student_path: Path, out_dir: Path, *, say=print,
                      show_table: bool = True) -> tuple[dict[str, Path], dict]:
     """Run PTQ / QAT of the student at student_path into out_dir; returns (outputs by role, metrics)."""
     from ..progress import table_console
@@ -172,42 +167,42 @@ def quantize_student(cfg: PipelineConfig, student_path: Path, out_dir: Path, *, 
     from .report import results_table, size_metrics
     from .sources import load_faces
 
-    check_config(cfg)
-    q = cfg.quantize
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    check_config(plan)
+    q = plan.q
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    note = accuracy_plan(cfg)[2]  # resolves the benchmarks before any work
+    note = accuracy_plan(plan)[2]  # resolves the benchmarks before any work
     clock = {"start": time.perf_counter()}
     student = load_student(student_path)
-    torch.manual_seed(cfg.run.seed)
+    torch.manual_seed(plan.seed)
 
-    faceset = load_faces(cfg, student.module, student.preprocess)
+    faceset = load_faces(plan, student.module, student.preprocess)
     clock["data"] = time.perf_counter()
     say(f"quantize: {len(faceset.faces)} {faceset.kind} faces from {faceset.origin} "
         f"({clock['data'] - clock['start']:.1f} s)")
     outputs: dict[str, Path] = {"faces": out_dir / "faces.png"}
     save_grid(faceset.faces, outputs["faces"])
 
-    ckpt = QatCheckpoint(out_dir / CHECKPOINT, identity(cfg, student.sha256, faceset.faces))
-    wrange = weight_range(cfg)
+    ckpt = QatCheckpoint(out_dir / CHECKPOINT, identity(plan, student.sha256, faceset.faces))
+    wrange = weight_range(plan)
     say(f"quantize: weight range {wrange['weight_bits']} bits ({wrange['reason']})")
-    ptq, qat, qat_report = quantize_models(cfg, student, faceset.faces, ckpt, wrange)
+    ptq, qat, qat_report = quantize_models(plan, student, faceset.faces, ckpt, wrange)
     clock["quantize"] = time.perf_counter()
     meta = {"arch": student.arch, "embedding_size": student.embedding_size,
             "preprocess": student.preprocess.to_dict(), "wbits": q.wbits, "abits": q.abits, "mode": q.mode,
             "data": faceset.kind, "student_sha256": student.sha256, "backend": q.backend,
             "weight_range": wrange}
-    files = write_artifacts(cfg, qat if qat is not None else ptq, student, meta, out_dir)
+    files = write_artifacts(plan, qat if qat is not None else ptq, student, meta, out_dir)
     outputs.update(files)
 
     models = {"fp32": student.module, "ptq": ptq, **({"qat": qat} if qat is not None else {})}
-    accuracy, cosines = measure(cfg, student, models, faceset)
+    accuracy, cosines = measure(plan, student, models, faceset)
     clock["eval"] = time.perf_counter()
     sizes = size_metrics(Path(student_path), student.module, wrange["weight_bits"], {k: v for k, v in files.items() if k != "spec"})
     metrics = {"wbits": q.wbits, "abits": q.abits, "mode": q.mode, "backend": q.backend, "weight_range": wrange,
-               "data": faceset.describe(), "models": model_rows(cfg, models, sizes, accuracy, cosines, wrange["weight_bits"]),
+               "data": faceset.describe(), "models": model_rows(plan, models, sizes, accuracy, cosines, wrange["weight_bits"]),
                "benchmarks": accuracy, "sizes": sizes, "qat": qat_report.summary() if qat_report else {"steps": 0},
                "seconds": {"data": round(clock["data"] - clock["start"], 2),
                            "quantize": round(clock["quantize"] - clock["data"], 2),

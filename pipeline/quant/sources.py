@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PipelineConfig
 from ..errors import ConfigError, DataError
+from .plan import QuantPlan
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -102,37 +102,37 @@ def read_folder(path: Path, n: int, seed: int, on_error: str, kind: str, key: st
                                                       "alignment": counts})
 
 
-def _configured_path(cfg: PipelineConfig, value: str, key: str) -> Path:
+def _configured_path(plan: QuantPlan, value: str, key: str) -> Path:
     p = Path(os.path.expanduser(value))
-    p = p if p.is_absolute() else cfg.base_dir / p
+    p = p if p.is_absolute() else plan.base_dir / p
     if not p.exists():
         raise ConfigError(f"{key}={value!r}: {p} does not exist; point {key} to a folder of face images")
     return p
 
 
-def data_path(cfg: PipelineConfig) -> Path | None:
+def data_path(plan: QuantPlan) -> Path | None:
     """The image set the configured source reads (None for the DCGAN and for inversion)."""
-    q = cfg.quantize
+    q = plan.q
     if q.data == "inversion":
         return None
     if q.data_path:
-        return _configured_path(cfg, q.data_path, "quantize.data_path")
+        return _configured_path(plan, q.data_path, "quantize.data_path")
     if q.data == "real":
-        train = Path(cfg.data.train)
+        train = Path(plan.train)
         if train.is_absolute():
-            return _configured_path(cfg, str(train), "data.train")
-        root = cfg.data_root(required=False)
+            return _configured_path(plan, str(train), "data.train")
+        root = plan.data_root
         if root is None:
             raise ConfigError("quantize.data=real needs quantize.data_path, or data.train under a data root "
                               "(data.root / $FACEPIPE_DATA)")
-        return _configured_path(cfg, str(root / train), "data.train")
+        return _configured_path(plan, str(root / train), "data.train")
     return None
 
 
-def load_faces(cfg: PipelineConfig, model=None, preprocess=None) -> FaceSet:
+def load_faces(plan: QuantPlan, model=None, preprocess=None) -> FaceSet:
     """The configured faces; `model` (fp32, with BatchNorm) and its `preprocess` are needed for inversion."""
-    q = cfg.quantize
-    seed = cfg.run.seed
+    q = plan.q
+    seed = plan.seed
     if q.data == "inversion":
         from ..data.synthetic.inversion import invert_faces
 
@@ -140,7 +140,7 @@ def load_faces(cfg: PipelineConfig, model=None, preprocess=None) -> FaceSet:
             raise ValueError("inversion needs the fp32 model and its preprocessing")
         faces, report = invert_faces(model, q.inversion, q.batch_size, preprocess)
         return FaceSet(faces, "inversion", "deepinversion", report.summary())
-    path = data_path(cfg)
+    path = data_path(plan)
     if path is None:  # synthetic without a folder: the packaged DCGAN
         from ..data.synthetic.dcgan import PACKAGE, dcgan_faces
 
@@ -148,9 +148,9 @@ def load_faces(cfg: PipelineConfig, model=None, preprocess=None) -> FaceSet:
         return FaceSet(faces, "synthetic", f"dcgan:{PACKAGE}", {"alignment": counts, "seed": seed})
     key = "quantize.data_path" if q.data_path else "data.train"
     if _is_training_set(path):
-        found = read_training_set(path, q.images, seed, cfg.data.on_error)
+        found = read_training_set(path, q.images, seed, plan.on_error)
         found.kind = q.data
         return found
     if not path.is_dir():
         raise ConfigError(f"{key}: {path} is not a folder of images (nor a .rec training set)")
-    return read_folder(path, q.images, seed, cfg.data.on_error, q.data, key)
+    return read_folder(path, q.images, seed, plan.on_error, q.data, key)

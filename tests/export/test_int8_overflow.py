@@ -93,11 +93,12 @@ def test_weight_range_follows_the_cpu_and_the_setting(isa, setting, wbits, abits
 
     from facepipe.pipeline.config import load_config
     from facepipe.pipeline.quant.job import weight_range
+    from facepipe.pipeline.quant.plan import QuantPlan
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     cfg = load_config(None, [f"quantize.overflow_fix={setting}", f"quantize.wbits={wbits}",
                              f"quantize.abits={abits}"])
-    got = weight_range(cfg, isa)
+    got = weight_range(QuantPlan.from_config(cfg), isa)
     assert (got["weight_bits"], got["overflow_fix"]) == (expected_bits, fix), got
     assert got["cpu_isa"] == isa["summary"] and got["reason"]
 

@@ -11,6 +11,7 @@ from facepipe.pipeline.config import InversionConfig, load_config
 from facepipe.pipeline.errors import BackendUnavailable, ConfigError, DataError
 from facepipe.pipeline.data.synthetic import dcgan
 from facepipe.pipeline.data.synthetic.inversion import BNStatLoss, invert_faces
+from facepipe.pipeline.quant.plan import QuantPlan
 from facepipe.pipeline.quant.sources import load_faces
 from facepipe.pipeline.embedder import STUDENT_PREPROCESS
 
@@ -20,7 +21,8 @@ torch.set_num_threads(1)
 
 
 def cfg(tmp_path, *sets):
-    return load_config(None, [f"run.dir={tmp_path / 'runs'}", *sets])
+    """The quantization plan of the default config with `sets` overrides."""
+    return QuantPlan.from_config(load_config(None, [f"run.dir={tmp_path / 'runs'}", *sets]))
 
 
 def test_real_from_data_train_is_a_seeded_subset(tmp_path):
