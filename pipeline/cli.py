@@ -38,8 +38,24 @@ def config_validate(config: Path = typer.Argument(Path("pipeline.yaml"), help="C
     """Check a config file; exit 2 with the offending key when it is invalid."""
     from .config import load_config
 
-    load_config(config, set_ or [])
+    check_registered_names(load_config(config, set_ or []), config)
     typer.echo(f"{config}: ok")
+
+
+def check_registered_names(cfg, where) -> None:
+    """Names the config picks from a registry (teacher.kind, distill.losses[].name) exist there."""
+    from facepipe.models.losses import LOSSES
+
+    from .errors import ConfigError
+    from .teachers import TEACHER_SOURCES
+
+    if cfg.teacher.kind != "auto" and cfg.teacher.kind not in TEACHER_SOURCES.names():
+        raise ConfigError(f"{where}: teacher.kind={cfg.teacher.kind!r}: choose auto or one of "
+                          f"{', '.join(TEACHER_SOURCES.names())}")
+    for i, term in enumerate(cfg.distill.losses):
+        if term.name not in LOSSES.names():
+            raise ConfigError(f"{where}: distill.losses[{i}].name={term.name!r} is not a registered loss "
+                              f"(known: {', '.join(LOSSES.names())})")
 
 
 @app.command("env")

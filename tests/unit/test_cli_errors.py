@@ -53,6 +53,14 @@ def test_status_wrong_type(cwd):
                       "'maybe'")
 
 
+@pytest.mark.parametrize("key, fragment", [("teacher.kind=tflite", "teacher.kind='tflite': choose auto or one of"),
+                                           ("distill.losses=[{name: arcfase}]",
+                                            "distill.losses[0].name='arcfase' is not a registered loss")])
+def test_config_validate_checks_names_against_the_registries(cwd, key, fragment):
+    (cwd / "ok.yaml").write_text("run:\n  seed: 1\n")
+    assert_user_error(facepipe(cwd, "config", "validate", "ok.yaml", "--set", key), "ok.yaml: " + fragment)
+
+
 def test_config_validate_unknown_key(cwd):
     assert_user_error(facepipe(cwd, "config", "validate", "unknown.yaml"), "unknown key 'teacher.embeding_size'",
                       "did you mean 'teacher.embedding_size'?")
