@@ -33,13 +33,20 @@ def config_show(config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt, pr
 
 
 @config_app.command("validate")
-def config_validate(config: Path = typer.Argument(Path("pipeline.yaml"), help="Config file to check."),
-                    set_: Optional[list[str]] = SetOpt):
-    """Check a config file; exit 2 with the offending key when it is invalid."""
+def config_validate(config_arg: Optional[Path] = typer.Argument(None, metavar="[CONFIG]",
+                                                                help="Config file to check (or -c)."),
+                    config: Path = ConfigOpt, set_: Optional[list[str]] = SetOpt):
+    """Check a config file as `run` would: keys and types, registered names, and every stage's inputs
+    (a dry run); exit 2 naming the first problem."""
     from .config import load_config
+    from .runner import run_pipeline
 
-    check_registered_names(load_config(config, set_ or []), config)
-    typer.echo(f"{config}: ok")
+    path = config_arg or config
+    cfg = load_config(path, set_ or [])
+    check_registered_names(cfg, path)
+    plan = run_pipeline(cfg, dry_run=True, log=lambda _m: None)
+    runs = [o.name for o in plan if o.status == "would run"]
+    typer.echo(f"{path}: ok" + (f" (would run: {', '.join(runs)})" if runs else " (every stage fresh)"))
 
 
 def check_registered_names(cfg, where) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from . import __version__
-from .errors import FacepipeError, StageError
+from .errors import ConfigError, FacepipeError, StageError
 from .io import run_lock, sha256_json
 from .manifest import (COMPLETE, HashCache, code_hashes, code_version, env_info, hash_path, manifest_path, now_iso,
                        read_manifest, remove_manifest, resolve_stored, stale_reasons, stored_path, write_manifest)
@@ -166,6 +166,7 @@ class _Assessment:
     manifest: dict | None
     reasons: list[str]
     code_modules: dict[str, str] = field(default_factory=dict)
+    unresolved: list[str] = field(default_factory=list)  # input problems of the config's own making
 
     @property
     def state(self) -> str:
@@ -189,6 +190,7 @@ def _assess(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSp
     stage_dir = run_dir / spec.name
     inputs: dict[str, Path] = {}
     missing: list[str] = []  # what stops the stage from running
+    unresolved: list[str] = []  # of those, what the config itself gets wrong (no upstream run can fix it)
     reasons: list[str] = []
     unknown: list[str] = []  # input roles (or upstream names) whose current hash cannot be known
     ups = _upstreams(spec, cfg, stages)
@@ -208,6 +210,7 @@ def _assess(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSp
     except FacepipeError as e:  # e.g. data root unset: status must still report, run must refuse
         external = {}
         missing.append(f"cannot resolve its inputs: {e}")
+        unresolved.append(missing[-1])
         reasons.append(f"inputs unresolved: {e}")
     for role, p in external.items():
         if role in inputs:
@@ -220,6 +223,8 @@ def _assess(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSp
             hashes[role] = hash_path(p, cache, label=role)[0]
         else:
             missing.append(f"input {role} not found: {p}")
+            if role in external:
+                unresolved.append(missing[-1])
             unknown.append(role)
             reasons.append(f"input {role} missing: {p}")
     code_modules = code_hashes(stage_code(spec))
@@ -243,7 +248,7 @@ def _assess(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSp
     head += [pending[u] for u in ups if pending and u in pending]
     reasons = head + reasons
     return _Assessment(spec, stage_dir, inputs, hashes, missing, code, config, fingerprint, manifest, reasons,
-                       code_modules)
+                       code_modules, unresolved)
 
 
 def _execute(a: _Assessment, cfg: "PipelineConfig", cache: HashCache) -> StageResult:
@@ -366,6 +371,8 @@ def _run_stages(cfg, specs, names, forced, dry_run, outcomes, say, cache, will_r
             if dry_run:
                 if a.state == "fresh":
                     outcomes.append(StageOutcome(name, "would skip", ["fresh"]))
+                elif a.unresolved:  # the real run would refuse it: so does the plan
+                    outcomes.append(StageOutcome(name, "cannot run", a.unresolved))
                 else:
                     will_run[name] = f"upstream {name} will run first"
                     outcomes.append(StageOutcome(name, "would run", a.reasons))
@@ -384,6 +391,10 @@ def _run_stages(cfg, specs, names, forced, dry_run, outcomes, say, cache, will_r
             outcomes.append(StageOutcome(name, "ran", a.reasons, time.perf_counter() - t0, dict(result.metrics)))
     finally:
         cache.save()
+    blocked = [o for o in outcomes if o.status == "cannot run"]
+    if blocked:  # after the loop, so the plan table still shows every stage
+        raise ConfigError(f"{len(blocked)} stage(s) cannot run: " + "; ".join(f"{o.name}: {o.reasons[0]}"
+                                                                             for o in blocked))
     return outcomes
 
 
@@ -399,7 +410,8 @@ def outcomes_table(outcomes: Iterable[StageOutcome], title: str = "facepipe run"
     from rich.table import Table
     from rich.text import Text
 
-    styles = {"ran": "green", "skipped": "dim", "failed": "bold red", "would run": "yellow", "would skip": "dim"}
+    styles = {"ran": "green", "skipped": "dim", "failed": "bold red", "would run": "yellow", "would skip": "dim",
+              "cannot run": "bold red"}
     t = Table(title=title)
     for col in ("stage", "status", "duration", "metrics"):
         t.add_column(col, no_wrap=col != "metrics")

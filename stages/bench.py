@@ -26,7 +26,9 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     from facepipe.pipeline.eval.datasets import resolve_benchmark
     from facepipe.pipeline.eval.evaluate import benchmark_inputs
 
-    specs = list(cfg.data.benchmarks if cfg.bench.benchmarks is None else cfg.bench.benchmarks)
+    from facepipe.pipeline.bench.suite import bench_specs
+
+    specs = bench_specs(cfg)
     root = cfg.data_root(required=False) if specs else None
     inputs: dict[str, Path] = {}
     for spec in specs:

@@ -21,6 +21,14 @@ COSINE_FACES = 64
 ENV_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "openvino", "tensorrt", "torch_tensorrt", "cv2")
 
 
+def bench_specs(cfg) -> list[str]:
+    """bench.benchmarks, else data.benchmarks - none in data-free mode, where no benchmark data exists (the bench
+    then measures latency and size, and the cosine to the PyTorch student on synthetic faces)."""
+    if cfg.bench.benchmarks is not None:
+        return list(cfg.bench.benchmarks)
+    return [] if cfg.data_free() else list(cfg.data.benchmarks)
+
+
 @dataclass
 class BenchSettings:
     """Everything a bench run needs besides the artifacts (bench config section + data settings)."""
@@ -42,7 +50,7 @@ class BenchSettings:
     @classmethod
     def from_config(cls, cfg, cache_dir: Path | None = None) -> "BenchSettings":
         b = cfg.bench
-        specs = list(cfg.data.benchmarks if b.benchmarks is None else b.benchmarks)
+        specs = bench_specs(cfg)
         return cls(device=b.device, benchmarks=specs, data_root=cfg.data_root(required=False) if specs else None,
                    on_error=cfg.data.on_error, batch_sizes=list(b.batch_sizes), warmup=b.warmup, runs=b.runs,
                    threads=b.threads, floors=dict(b.floors), cache_dir=cache_dir)

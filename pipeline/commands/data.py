@@ -101,7 +101,8 @@ def _table(title: str, rows: list[tuple[str, object]]):
     return t
 
 
-def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]]]:
+def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]], str | None]:
+    """(kind, table rows, problem): problem is what makes the set unusable (the command then exits 2)."""
     import numpy as np
 
     if path.suffix == ".bin":
@@ -114,7 +115,8 @@ def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]]]:
         return "insightface .bin", [
             ("images", len(bins)), ("pairs", len(issame)), ("same / different", f"{issame.sum()} / {(~issame).sum()}"),
             ("folds", len(set(kfold_ids(len(issame)).tolist())) if len(issame) else 0),
-            ("encoded bytes", sum(len(b) for b in bins)), ("sample shape", None if sample is None else sample.shape)]
+            ("encoded bytes", sum(len(b) for b in bins)), ("sample shape", None if sample is None else sample.shape)], \
+            None
     if path.suffix in (".rec", ".idx") or (path.is_dir() and (path / "train.rec").is_file()):
         from ..data.images import decode_image_rgb
         from ..data.recordio import RecordIOReader, image_keys, read_rec_dataset
@@ -129,7 +131,7 @@ def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]]]:
                 ("images per class min / mean / max", f"{counts.min()} / {counts.mean():.1f} / {counts.max()}"),
                 ("sample shape", sample.shape)]
         reader.close()
-        return "MXNet RecordIO", rows
+        return "MXNet RecordIO", rows, None
     if path.is_dir() and (path / "pairs.txt").is_file():
         from ..data.align import align_face
         from ..data.images import read_image_rgb
@@ -145,14 +147,19 @@ def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]]]:
                                                               f"{sum(not p.issame for p in pairs)}"),
                 ("folds", len({p.fold for p in pairs})), ("distinct images", len(images)),
                 ("missing images", missing), ("landmarks", len(lms) if lm_file.is_file() else "no landmarks.tsv")]
-        first = lfw_image_path(path, pairs[0].name_a, pairs[0].num_a)
+        if missing == len(images):
+            from ..data.lfw import lfw_image_dir
+
+            return "LFW", rows, (f"{path}: none of the {len(images)} images its pairs.txt names exists; expected "
+                                 f"them as {lfw_image_dir(path)}/<Name>/<Name>_<NNNN>.jpg (e.g. {sorted(images)[0]})")
+        first = next(p for p in sorted(images) if p.is_file())
         img = read_image_rgb(first, "skip")
         key = first.relative_to(path).as_posix()
         if img is not None:
             rows.append(("sample raw shape", img.shape))
             if key in lms:
                 rows.append(("sample aligned shape", align_face(img, lms[key]).shape))
-        return "LFW", rows
+        return "LFW", rows, None
     if path.is_dir():
         from ..data.imagefolder import read_image_folder
         from ..data.images import read_image_rgb
@@ -164,7 +171,7 @@ def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]]]:
             ("images", len(faces.items)), ("classes", faces.num_classes),
             ("images per class min / mean / max", f"{counts.min()} / {counts.mean():.1f} / {counts.max()}"),
             ("listed via", "identities.tsv" if (path / "identities.tsv").is_file() else "sub-folders"),
-            ("sample shape", None if sample is None else sample.shape)]
+            ("sample shape", None if sample is None else sample.shape)], None
     raise DataError(f"{path}: not a .bin, .rec/.idx, LFW folder (with pairs.txt) or image folder")
 
 
@@ -219,5 +226,7 @@ def register(app: typer.Typer) -> None:
 
         if not path.exists():
             raise DataError(f"{path}: not found")
-        kind, rows = _inspect_rows(path)
+        kind, rows, problem = _inspect_rows(path)
         table_console().print(_table(f"{path} ({kind})", rows))
+        if problem:
+            raise DataError(problem)

@@ -11,7 +11,7 @@ from ..errors import DataError
 
 ON_ERROR = ("fail", "skip")
 
-SKIP_HINT = "data.on_error=skip (CLI: --on-error skip)"
+SKIP_HINT = "data.on_error=skip (--set data.on_error=skip; the `facepipe data` commands: --on-error skip)"
 _FIX = f"re-download or remove it, or set {SKIP_HINT} to leave it out"
 
 

@@ -112,7 +112,9 @@ class Benchmark:
                 from ..data.binfile import read_bin
 
                 data = read_bin(self.path, on_error=on_error)
-            return first_folds(data, self.folds) if self.folds else data
+            data = first_folds(data, self.folds) if self.folds else data
+            check_enough_pairs(data, str(self.path))
+            return data
         from ..data.ijb import load_ijb
 
         return load_ijb(self.path, self.which or "IJBC", on_error=on_error)
@@ -296,6 +298,19 @@ def _ijb_result(features: np.ndarray, data, name: str, use_detector_score: bool,
         "seconds": float(seconds + r["seconds"]),
     }
     return BenchmarkResult(summary, r["roc"], r["scores"], r["labels"])
+
+
+def check_enough_pairs(data, where: str, n_folds: int = 10) -> None:
+    """DataError naming the set when it has too few genuine or impostor pairs for the 10 label-stratified
+    folds a set without official folds gets (see _pairs_result)."""
+    if len(np.unique(data.folds)) >= 2:  # official folds (LFW's, a .bin's consecutive split) are used as given
+        return
+    genuine = int(np.count_nonzero(data.issame))
+    impostor = len(data.issame) - genuine
+    if min(genuine, impostor) < n_folds:
+        dropped = f" ({data.skipped} dropped: unreadable images)" if getattr(data, "skipped", 0) else ""
+        raise DataError(f"{where}: {genuine} genuine and {impostor} impostor pairs{dropped}; {n_folds}-fold "
+                        f"verification needs at least {n_folds} of each: use a longer pairs list")
 
 
 def evaluate_embeddings(embeddings: np.ndarray, data, name: str | None = None, metric: str = "euclidean",

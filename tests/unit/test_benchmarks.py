@@ -334,12 +334,12 @@ def test_evaluate_all_resolves_before_embedding(tmp_path):
 
 
 def test_first_folds_of_lfw_folder_and_bin(tmp_path):
-    root = write_lfw(tmp_path / "lfw", folds=3, per_half=4)
+    root = write_lfw(tmp_path / "lfw", folds=3, per_half=10)  # one fold must hold 10 + 10 for 10 stratified folds
     full = resolve_benchmark(str(root), None).load()
     one = resolve_benchmark(f"{root}@1", None)
     assert one.name == "lfw@1" and one.folds == 1
     sub = one.load()
-    assert len(sub.issame) == 8 and len(np.unique(sub.folds)) == 1
+    assert len(sub.issame) == 20 and len(np.unique(sub.folds)) == 1
     # the subset reads only its images, and its pairs point at the same faces as the full set's first fold
     first = full.folds == np.unique(full.folds)[0]
     assert len(sub.images) <= len(np.unique(full.pairs[first]))
@@ -356,3 +356,24 @@ def test_first_folds_rejects_bad_counts(tmp_path):
     for bad in ("@0", "@11"):
         with pytest.raises(DataError, match="first N of 10 folds"):
             resolve_benchmark(f"{root}{bad}", None)
+
+
+@pytest.mark.parametrize("per_half", [1, 9])
+def test_too_few_pairs_for_ten_stratified_folds_is_a_data_error_naming_the_set(tmp_path, per_half):
+    """Hostile input 5: a one-fold pairs list with fewer than 10 genuine pairs ended in an uncaught ValueError
+    (10 label-stratified folds cannot be made); now a DataError at load, before any embedding."""
+    root = write_lfw(tmp_path / "lfw", folds=1, per_half=per_half)
+    with pytest.raises(DataError, match=rf"lfw: {per_half} genuine and {per_half} impostor pairs; 10-fold "
+                                        r"verification needs at least 10 of each"):
+        resolve_benchmark(str(root), None).load()
+    ok = write_lfw(tmp_path / "lfw10", folds=1, per_half=10)
+    assert len(resolve_benchmark(str(ok), None).load().issame) == 20
+    official = write_lfw(tmp_path / "lfw2", folds=2, per_half=per_half)  # official folds are used as given
+    assert len(resolve_benchmark(str(official), None).load().issame) == 4 * per_half
+
+
+def test_the_skip_hint_names_options_the_commands_have():
+    """Hostile input 6: the hint named `--on-error`, which `facepipe eval` does not have."""
+    from facepipe.pipeline.data.images import SKIP_HINT
+
+    assert "--set data.on_error=skip" in SKIP_HINT and "`facepipe data` commands: --on-error skip" in SKIP_HINT

@@ -82,8 +82,10 @@ def test_unknown_stage_name(cwd):
 
 def test_valid_config_passes(cwd):
     (cwd / "ok.yaml").write_text("teacher:\n  flip: true\n")
-    res = facepipe(cwd, "config", "validate", "ok.yaml")
-    assert res.returncode == 0 and res.stdout.strip() == "ok.yaml: ok" and res.stderr == ""
+    res = facepipe(cwd, "config", "validate", "ok.yaml")  # no data: data-free mode, every stage can run
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.stdout.strip() == "ok.yaml: ok (would run: teacher, distill, quantize, export, bench)"
+    assert facepipe(cwd, "config", "validate", "-c", "ok.yaml").returncode == 0  # -c, as every command takes
     res = facepipe(cwd, "status", "--json", "-c", "ok.yaml")
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
@@ -94,3 +96,30 @@ def test_unknown_option_is_a_usage_error_not_a_traceback(cwd):
     assert res.returncode == 2
     assert "No such option: --no-such-flag" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_data_inspect_of_a_set_whose_images_are_all_missing_exits_2_naming_the_expected_layout(cwd):
+    """Hostile input 7: "missing images 1221", exit 0, no hint."""
+    lfw = cwd / "lfw"
+    lfw.mkdir()
+    (lfw / "pairs.txt").write_text("1\t2\nAnn\t1\t2\nBob\t1\t2\nAnn\t1\tBob\t1\nBob\t2\tAnn\t2\n")
+    line = assert_user_error(facepipe(cwd, "data", "inspect", str(lfw)),
+                             "none of the 4 images its pairs.txt names exists")
+    assert f"{lfw}/<Name>/<Name>_<NNNN>.jpg" in line and "Ann/Ann_0001.jpg" in line
+
+
+def test_validate_and_dry_run_refuse_inputs_that_cannot_resolve(cwd):
+    """Hostile input 9: `config validate` accepted a missing data root and `run --dry-run` exited 0 while listing
+    inputs it could not resolve; both now run the checks `run` does and exit 2 naming the stage and input."""
+    (cwd / "ok.yaml").write_text("teacher:\n  flip: true\n")
+    empty = cwd / "no-data"
+    empty.mkdir()
+    for args in (["config", "validate", "ok.yaml"], ["run", "-c", "ok.yaml", "--dry-run"]):
+        res = facepipe(cwd, *args, "--set", f"data.root={empty}")
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        err = res.stderr.strip().splitlines()[0]
+        assert err.startswith("error: 4 stage(s) cannot run: teacher: cannot resolve its inputs:"), err
+        assert "'lfw' not found under data root" in res.stderr
+    res = facepipe(cwd, "config", "validate", "ok.yaml", "--set", "data.root=/nonexistent-root")
+    assert res.returncode == 2 and "data root /nonexistent-root (data.root / $FACEPIPE_DATA) is not a directory" \
+        in res.stderr
