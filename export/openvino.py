@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from facepipe.pipeline.embedder import EMBEDDER_BACKENDS, Embedder
-from facepipe.pipeline.errors import BackendUnavailable, ModelError
+from facepipe.pipeline.errors import BackendUnavailable, ModelError, first_line
 
 from .formats import register_family
 from .metadata import ArtifactMeta, check_output_dim
@@ -107,7 +107,7 @@ class OpenVINOEmbedder(Embedder):
         try:
             model = core.read_model(str(self.path))
         except RuntimeError as e:
-            raise ModelError(f"OpenVINO cannot read {self.path}: {str(e).splitlines()[0]}") from None
+            raise ModelError(f"OpenVINO cannot read {self.path}: {first_line(e)}") from None
         meta = read_ir_meta(model, str(self.path))
         if len(model.inputs) != 1:
             raise ModelError(f"{self.path}: expected one image input, found {len(model.inputs)}")

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from facepipe.pipeline.embedder import Embedder, cosine_rows
-from facepipe.pipeline.errors import FacepipeError, ParityError
+from facepipe.pipeline.errors import FacepipeError, ParityError, first_line
 from facepipe.pipeline.eval.metrics import embedding_spread
 
 from .formats import Format, tolerance
@@ -122,7 +122,7 @@ def parity_faces_origin(cfg) -> str:
     try:
         bench = resolve_benchmark(specs[0], cfg.data_root(required=False))
     except FacepipeError as e:
-        return f"synthetic ({specs[0]} unavailable: {str(e).splitlines()[0]})"
+        return f"synthetic ({specs[0]} unavailable: {first_line(e)})"
     return f"real: {bench.name} ({bench.path})"
 
 
@@ -138,7 +138,7 @@ def parity_faces(cfg, n: int) -> tuple[np.ndarray, str]:
         bench = resolve_benchmark(specs[0], cfg.data_root(required=False))
         data = bench.load(on_error="skip")
     except FacepipeError as e:
-        return synthetic_faces(n), f"synthetic ({specs[0]} unavailable: {str(e).splitlines()[0]})"
+        return synthetic_faces(n), f"synthetic ({specs[0]} unavailable: {first_line(e)})"
     images = getattr(data, "images", None)
     if not isinstance(images, np.ndarray) or images.ndim != 4 or not len(images):
         return synthetic_faces(n), f"synthetic ({bench.name} has no aligned face array)"

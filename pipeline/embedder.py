@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .errors import BackendUnavailable, ModelError
+from .errors import BackendUnavailable, ModelError, first_line
 from .registry import Registry
 
 META_PREPROCESS = "facepipe.preprocess"
@@ -307,7 +307,7 @@ def onnx_external_files(path: str | os.PathLike, proto=None) -> list[Path]:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # DecodeError, OSError: a file that is not an ONNX model
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelError(f"{path}: not a readable ONNX model ({first})") from None
     folder = path.resolve().parent
     found: dict[str, Path] = {}
@@ -386,7 +386,7 @@ class OnnxRuntimeEmbedder(Embedder):
             self.session = ort.InferenceSession(_model_bytes_for_ort(self.path), sess_options=opts,
                                                 providers=wanted)
         except Exception as e:  # onnxruntime raises its own exception types (InvalidGraph, Fail, ...)
-            raise ModelError(f"onnxruntime cannot load {self.path}: {str(e).splitlines()[0]}") from None
+            raise ModelError(f"onnxruntime cannot load {self.path}: {first_line(e)}") from None
         if names[0] not in self.session.get_providers():  # e.g. onnxruntime-gpu without a usable GPU
             raise BackendUnavailable(f"onnxruntime fell back to {self.session.get_providers()} although "
                                      f"{names[0]} was asked for {self.path}")

@@ -31,3 +31,10 @@ class StageError(FacepipeError):
 
 class ParityError(ModelError):
     """An exported artifact's embeddings differ from its reference model's beyond the format's tolerance."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (foreign libraries' errors run to pages), never empty:
+    the exception's type name when it has no message."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(e).__name__

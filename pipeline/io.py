@@ -179,3 +179,19 @@ def safe_torch_load(path: Path) -> Any:
         raise ModelError(f"refusing to load {path}: not a plain tensor checkpoint (torch.load with "
                          f"weights_only=True failed: {reason[:200]}). Re-save the model's state_dict from a "
                          "trusted environment") from None
+
+
+def inside(root: str | os.PathLike, rel: str, where: str) -> Path:
+    """root / rel for a path read from a list file (pairs, identities.tsv, a model pack's manifest): refuses an
+    absolute path or one that climbs out of root with '..' (DataError naming `where`), so no list can make
+    facepipe open a file outside the folder it describes."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from .errors import DataError
+
+    text = str(rel)
+    posix = PurePosixPath(text.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(text).is_absolute() or ".." in posix.parts:
+        raise DataError(f"{where}: path {text!r} points outside {root}; list files may only name files below "
+                        "their own folder (use a relative path without '..')")
+    return Path(root) / posix

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..progress import table_console
 
 
@@ -32,7 +32,7 @@ def _measure(arch: str, embedding_size: int, input_size: int):
     try:
         return profile(model, input_size)
     except RuntimeError as e:  # e.g. an input size the head's fixed 7x7 kernel / FC cannot take
-        raise ConfigError(f"--input-size {input_size} does not fit {arch}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"--input-size {input_size} does not fit {arch}: {first_line(e)}") from None
 
 
 def models_list(input_size: int = typer.Option(112, "--input-size", help="Square input side in pixels.")) -> None:

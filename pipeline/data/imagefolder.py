@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import DataError
-from ..io import sha256_json
+from ..io import inside, sha256_json
 from .images import SKIP_HINT, check_on_error, decode_image_rgb, read_image_rgb
 from .types import LabelledFaces
 
@@ -38,6 +38,7 @@ def _read_identities_tsv(root: Path, tsv: Path, on_error: str) -> tuple[list[str
         if len(f) != 2 or not f[0].strip() or not f[1].strip():
             raise DataError(f"{tsv.name} line {lineno}: expected 'relpath<TAB>identity', got {line!r}")
         rel, ident = f[0].strip(), f[1].strip()
+        inside(root, rel, f"{tsv.name} line {lineno}")
         if rel in seen:
             raise DataError(f"{tsv.name} line {lineno}: {rel} is listed twice")
         seen.add(rel)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..io import inside
 from ..progress import console, progress
 from .images import SKIP_HINT, check_on_error, read_image_rgb
 from .types import VerificationSet
@@ -64,6 +65,8 @@ def read_pairs(path: str | os.PathLike) -> list[LfwPair]:
     for k, (lineno, ln) in enumerate(body):
         f = ln.split()
         where = f"{name} line {lineno}"
+        for person in (f[0], f[2]) if len(f) == 4 else f[:1]:
+            inside(path.parent, person, where)  # a name is a folder below the image root, nothing else
         if len(f) == 3:
             a, b = _int_field(f[1], where, "image number"), _int_field(f[2], where, "image number")
             pairs.append(LfwPair(f[0], a, f[0], b, True, k // (2 * per_half), lineno))

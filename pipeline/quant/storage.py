@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from facepipe.pipeline.errors import ModelError
+from facepipe.pipeline.errors import ModelError, first_line
 from facepipe.pipeline.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 from facepipe.models.quant.formulas import dequantize, qrange, to_onnx_qparams
@@ -83,7 +83,7 @@ def load_quantized(path: str | Path) -> tuple[QuantizedModel, dict]:
         qmodel.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
         raise ModelError(f"{path} does not match architecture {ckpt['arch']!r} "
-                         f"(embedding {ckpt['embedding_size']}): {str(e).splitlines()[0]}") from None
+                         f"(embedding {ckpt['embedding_size']}): {first_line(e)}") from None
     qmodel.preprocess = ckpt["preprocess"]
     qmodel.set_observing(False)
     return qmodel.eval(), ckpt.get("meta", {})

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..embedder import Embedder, Preprocess, TorchEmbedder
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, first_line
 from ..io import safe_torch_load
 from ..weights import load_weights, strip_prefixes, unwrap_checkpoint
 from .base import DEFAULT_PREPROCESS, TEACHER_SOURCES, TeacherSource, require_file, resolve_preprocess
@@ -119,7 +119,7 @@ class TorchScriptTeacher(TeacherSource):
         try:
             module = torch.jit.load(str(self.files[0]), map_location="cpu")
         except Exception as e:
-            raise ModelError(f"torch.jit.load cannot read {self.files[0]}: {str(e).splitlines()[0][:200]}") from None
+            raise ModelError(f"torch.jit.load cannot read {self.files[0]}: {first_line(e)}") from None
         return TorchEmbedder(module, self.preprocess, name=self.name, device=device)
 
 

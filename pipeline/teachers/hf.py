@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..embedder import Embedder, Preprocess, TorchEmbedder
-from ..errors import BackendUnavailable, ConfigError, ModelError
+from ..errors import BackendUnavailable, ConfigError, ModelError, first_line
 from ..weights import load_weights
 from .base import TEACHER_SOURCES, TeacherSource, resolve_preprocess
 
@@ -49,7 +49,7 @@ def hf_snapshot(repo: str) -> Path:
                                  "(huggingface-cli download) or set teacher.source to a local snapshot") from None
     except Exception as e:  # connection errors, HTTP errors, ...
         raise BackendUnavailable(f"teacher hf:{repo}: download failed ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+                                 f"{first_line(e, 160)})") from None
     return Path(local)
 
 
@@ -123,7 +123,7 @@ class HfTeacher(TeacherSource):
         try:
             state = load_file(str(weights))
         except Exception as e:
-            raise ModelError(f"{weights}: unreadable safetensors ({str(e).splitlines()[0][:160]})") from None
+            raise ModelError(f"{weights}: unreadable safetensors ({first_line(e, 160)})") from None
         # Hub files hold the transformers wrapper's state: model.net.* -> net.*
         state = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
         load_weights(model, state, str(weights), f"CVLFace {self.conf.get('name')}")

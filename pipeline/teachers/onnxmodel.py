@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from ..embedder import (Embedder, OnnxRuntimeEmbedder, Preprocess, onnx_external_files, ort_providers,
                         parse_onnx_metadata)
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .base import TEACHER_SOURCES, TeacherSource, require_file, resolve_preprocess
 
 
@@ -45,7 +45,7 @@ def _load_proto(path: Path):
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise ModelError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        raise ModelError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
 
 
 @dataclass
@@ -109,6 +109,11 @@ class InsightFaceTeacher(TeacherSource):
         if not pack.is_dir():
             raise ModelError(f"teacher.source {pack}: an insightface model pack must be a directory of .onnx files")
         candidates = sorted(pack.glob("*.onnx"))
+        home = pack.resolve()
+        for p in candidates:
+            if not p.resolve().is_relative_to(home):  # a symlink out of the pack is not part of it
+                raise ModelError(f"{pack}: {p.name} is a link to {p.resolve()}, outside the model pack; copy the "
+                                 "file into the pack (facepipe reads only what a pack folder holds)")
         if not candidates:
             raise ModelError(f"{pack}: no .onnx files in this insightface model pack")
         found = []

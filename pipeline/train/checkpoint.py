@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facepipe.pipeline.errors import FacepipeError
+from facepipe.pipeline.errors import FacepipeError, first_line
 from facepipe.pipeline.io import atomic_torch_save, sha256_json
 
 FORMAT = 1
@@ -71,7 +71,7 @@ def load_checkpoint(path: str | Path, kind: str = KIND) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} not found") from None
     except Exception as e:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise CheckpointError(f"checkpoint {path} is unreadable ({first}); use --restart to start over") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
         what = "distill checkpoint" if kind == KIND else f"{kind} file"

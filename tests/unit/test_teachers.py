@@ -437,3 +437,36 @@ def test_checkpoint_declaring_its_arch_needs_no_config(mfn, fake_faces, tmp_path
         resolve_teacher(TeacherConfig(source=str(path), arch="iresnet18", embedding_size=128))
     with pytest.raises(ModelError, match="gives 128-d embeddings but teacher.embedding_size is 512"):
         load_teacher(TeacherConfig(source=str(path), embedding_size=512))
+
+
+def test_a_model_pack_symlink_out_of_the_pack_is_refused(tmp_path):
+    """Hostile input 10: a model-pack folder with a symlink to a file outside it was followed without comment."""
+    from facepipe.pipeline.config import TeacherConfig
+    from facepipe.pipeline.errors import ModelError
+
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes(b"not read")
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "w600k_r50.onnx").symlink_to(outside)
+    with pytest.raises(ModelError, match=r"w600k_r50\.onnx is a link to .*elsewhere\.onnx, outside the model pack"):
+        resolve_teacher(TeacherConfig(source=str(pack), kind="insightface"))
+
+
+def test_a_fake_torchscript_archive_gets_a_reason(tmp_path):
+    """Hostile input 9 (last part): a zip that looks like TorchScript but is not gave an error with an empty
+    reason; every foreign-library error now names at least its type (errors.first_line)."""
+    import zipfile
+
+    from facepipe.pipeline.config import TeacherConfig
+    from facepipe.pipeline.errors import ModelError, first_line
+
+    fake = tmp_path / "fake.pt"
+    with zipfile.ZipFile(fake, "w") as zf:
+        zf.writestr("fake/code/__torch__.py", "")
+        zf.writestr("fake/constants.pkl", b"")
+    src = resolve_teacher(TeacherConfig(source=str(fake), kind="torchscript", embedding_size=8))
+    with pytest.raises(ModelError, match=r"torch\.jit\.load cannot read .*fake\.pt: \S+") as e:
+        src.load()
+    assert not str(e.value).rstrip().endswith(":")
+    assert first_line(RuntimeError("")) == "RuntimeError" and first_line(ValueError("\n  bad\nmore")) == "bad"
