@@ -29,6 +29,16 @@ class StageError(FacepipeError):
     """A stage cannot run (missing upstream output, stage not available, ...)."""
 
 
+class DiskFull(DataError):
+    """No space left where facepipe writes: names the file, the free space and what to move."""
+
+    def __init__(self, path, free_bytes: int | None = None, need_bytes: int | None = None):
+        free = "unknown" if free_bytes is None else f"{free_bytes / 2**20:.1f} MiB"
+        need = "" if need_bytes is None else f", {need_bytes / 2**20:.1f} MiB needed"
+        super().__init__(f"{path}: no space left on its filesystem ({free} free{need}); free some space, or "
+                         "point run.dir / $FACEPIPE_CACHE at a disk with room (nothing half-written was kept)")
+
+
 class ParityError(ModelError):
     """An exported artifact's embeddings differ from its reference model's beyond the format's tolerance."""
 

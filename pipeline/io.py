@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import FacepipeError, ModelError
+from .errors import DiskFull, FacepipeError, ModelError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -54,9 +55,42 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except FacepipeError:
+        raise
+    except Exception as e:  # a full disk surfaces as ENOSPC, or as a library's own error (torch: "unexpected pos")
+        if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or free_bytes(path.parent) < 1 << 20:
+            raise DiskFull(path, free_bytes(path.parent)) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes free for this user on the filesystem of `folder` (a large number when it cannot be told)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62
+
+
+def reserve_space(path: str | os.PathLike, size: int, shown: str | os.PathLike | None = None) -> None:
+    """Allocate `size` bytes of a file's blocks now (posix_fallocate): a memory map over a sparse file on a full
+    disk dies of SIGBUS at the first write; reserved, a full disk is a DiskFull here instead."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(shown or path, free_bytes(Path(path).parent), size) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without fallocate: write lazily
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

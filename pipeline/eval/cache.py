@@ -21,8 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import DataError, ModelError
-from ..io import atomic_write_json, exclusive_lock, sha256_json
+from ..errors import DataError, DiskFull, ModelError
+from ..io import atomic_write_json, exclusive_lock, free_bytes, reserve_space, sha256_json
 
 CACHE_FORMAT = 1
 TEACHER_RUNTIMES = ("torch", "onnx", "onnxruntime")  # every teacher kind loads through these
@@ -172,9 +172,14 @@ class TeacherCache:
         tmp = {p: p.with_name(f".{p.name}.{os.getpid()}.partial") for p in (emb_path, flip_path)}
         targets = [emb_path] + ([flip_path] if flip else [])
         t0 = time.perf_counter()
+        need = n * dim * 4 * len(targets) + (1 << 16)  # float32 rows + .npy headers
+        if need > free_bytes(cache_dir):
+            raise DiskFull(cache_dir / f"{key}.npy", free_bytes(cache_dir), need)
         try:
             arrays = [np.lib.format.open_memmap(tmp[p], mode="w+", dtype=np.float32, shape=(n, dim))
                       for p in targets]
+            for p in targets:
+                reserve_space(tmp[p], os.path.getsize(tmp[p]), shown=p)
             skipped = _fill(embedder, source, arrays, batch_size, show_progress, key)
             for a in arrays:
                 a.flush()
