@@ -229,3 +229,42 @@ def inside(root: str | os.PathLike, rel: str, where: str) -> Path:
         raise DataError(f"{where}: path {text!r} points outside {root}; list files may only name files below "
                         "their own folder (use a relative path without '..')")
     return Path(root) / posix
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(folder: str | os.PathLike, pattern: str, pid_of) -> list[Path]:
+    """Remove the entries of `folder` matching `pattern` whose owner (pid_of(name) -> pid or None) is dead:
+    what a killed process (SIGKILL runs no cleanup) left behind. Returns what was removed."""
+    import shutil
+
+    removed = []
+    for p in Path(folder).glob(pattern):
+        pid = pid_of(p.name)
+        if pid is None or pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def die_with_parent() -> None:
+    """preexec_fn for children that must not outlive facepipe: on Linux the kernel sends SIGKILL to the child
+    when its parent dies, even of SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG

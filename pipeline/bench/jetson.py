@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..device import DEVICE_TREE_MODEL, TEGRA_RELEASE, detect_jetson
+from ..io import die_with_parent
 from ..errors import BackendUnavailable
 
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
@@ -90,7 +91,8 @@ class TegrastatsSampler:
     @contextlib.contextmanager
     def during(self) -> Iterator[Samples]:
         samples = Samples()
-        proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                preexec_fn=die_with_parent)  # never outlives the probe
         reader = threading.Thread(target=self._read, args=(proc, samples), daemon=True)
         reader.start()
         try:

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..io import die_with_parent, remove_orphans
+
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -60,6 +62,14 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
 
 
+PROBE_PREFIX = "facepipe-probe-"  # + <pid of the bench>-<random>: a temp folder per probe run
+
+
+def _probe_pid(name: str) -> int | None:
+    head = name[len(PROBE_PREFIX):].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
 def probe_command(job_file: Path, out_file: Path) -> list[str]:
     return [sys.executable, "-m", "facepipe.pipeline.bench.probe", str(job_file), str(out_file)]
 
@@ -83,12 +93,14 @@ def measure_latency(path: str | os.PathLike, fmt: str, *, device: str = "cpu", t
     job = {"path": str(path), "format": fmt, "device": device, "threads": int(threads),
            "batch_sizes": [int(b) for b in batch_sizes], "warmup": int(warmup), "runs": int(runs),
            "jetson": bool(jetson)}
-    with tempfile.TemporaryDirectory(prefix="facepipe-probe-") as tmp:
+    remove_orphans(tempfile.gettempdir(), f"{PROBE_PREFIX}*", _probe_pid)  # left by a bench killed with -9
+    with tempfile.TemporaryDirectory(prefix=f"{PROBE_PREFIX}{os.getpid()}-") as tmp:
         job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_file.write_text(json.dumps(job))
         # own session: on timeout the whole group (the child and any tegrastats it started) is killed
+        # and it dies with this process, even when this one is killed with -9 (no orphan keeps timing)
         proc = subprocess.Popen(probe_command(job_file, out_file), env=child_env(threads), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=die_with_parent)
         try:
             _, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import DataError, DiskFull, ModelError
-from ..io import atomic_write_json, exclusive_lock, free_bytes, reserve_space, sha256_json
+from ..io import atomic_write_json, exclusive_lock, free_bytes, remove_orphans, reserve_space, sha256_json
 
 CACHE_FORMAT = 1
 TEACHER_RUNTIMES = ("torch", "onnx", "onnxruntime")  # every teacher kind loads through these
@@ -166,6 +166,7 @@ class TeacherCache:
         meta_path.unlink(missing_ok=True)  # whatever was there is no longer vouched for
         for stale in cache_dir.glob(f".{key}.*.partial"):  # left by a killed build (we hold the lock)
             stale.unlink(missing_ok=True)
+        remove_orphans(cache_dir, ".*.partial", _partial_pid)  # other entries' builders that were killed
         n, dim = len(source), embedder.dim
         if n == 0:
             raise DataError("the face source is empty: nothing to cache")
@@ -203,6 +204,12 @@ class TeacherCache:
         if opened is None:  # pragma: no cover - would mean the files vanished under us
             raise DataError(f"teacher cache {meta_path} could not be reopened after writing")
         return opened
+
+
+def _partial_pid(name: str) -> int | None:
+    """The builder's pid in a partial array's name (.<key>.npy.<pid>.partial)."""
+    parts = name.split(".")
+    return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
 
 
 def _teacher_info(embedder) -> dict:
