@@ -157,6 +157,10 @@ class FolderSource(_SourceBase):
         super().__init__(faces, on_error)
         self.root = Path(faces.source)
 
+    def describe(self, i: int) -> str:
+        """Where face i comes from, for messages: its file."""
+        return str(self.root / self.faces.items[i])
+
     def image(self, i: int) -> np.ndarray | None:
         path = self.root / self.faces.items[i]
         return self._checked(read_image_rgb(path, self.on_error), str(path))
@@ -188,6 +192,10 @@ class RecSource(_SourceBase):
 
         super().__init__(faces, on_error)
         self.reader = RecordIOReader(faces.source)
+
+    def describe(self, i: int) -> str:
+        """Where face i comes from, for messages: the .rec file and the record."""
+        return f"{self.reader.rec_path}: record {self.faces.items[i]}"
 
     def image(self, i: int) -> np.ndarray | None:
         key = self.faces.items[i]

@@ -84,11 +84,12 @@ class FaceDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, bool, int]) -> tuple[np.ndarray, int, int, bool]:
         i, flip, epoch = key
         img = self.source.image(i)
+        where = self.source.describe(i) if hasattr(self.source, "describe") else f"training record {i}"
         if img is None:
-            raise DataError(f"training record {i} could not be read (data.on_error=skip does not apply to "
-                            "training: remove the record from the listing)")
+            raise DataError(f"{where} could not be read (data.on_error=skip does not apply to training: remove "
+                            "it from the training set, then re-run the teacher stage)")
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise DataError(f"training record {i}: expected a uint8 RGB HxWx3 face, got "
+            raise DataError(f"{where}: expected a uint8 RGB HxWx3 face, got "
                             f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}")
         if img.shape[:2] != (self.size, self.size):
             img = resize_faces(img[None], self.size)[0]

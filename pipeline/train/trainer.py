@@ -95,6 +95,17 @@ def check_dims(student: nn.Module, loss: WeightedLoss, targets) -> None:
                                  f"teacher ({targets.mode}) gives {targets.dim}-d (teacher.embedding_size)")
 
 
+def one_line(e: Exception) -> Exception:
+    """A FacepipeError re-raised by DataLoader ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ...") as the worker's own one-line error, same type; any other error unchanged."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return e
+    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+    _, sep, message = last.partition(f"{type(e).__name__}: ")
+    return type(e)(message if sep else last)
+
+
 class Trainer:
     """See the module docstring. `identity` (JSON-able) names what a checkpoint must match to be resumed."""
 
@@ -349,7 +360,10 @@ class Trainer:
         self.loss.train()
         try:
             # a run resumed at its last step trains nothing: its final losses are the checkpoint's
-            values = self._run(tlog, history) or self.last_values
+            try:
+                values = self._run(tlog, history) or self.last_values
+            except FacepipeError as e:  # from a DataLoader worker: its message carries the worker's traceback
+                raise one_line(e) from None
             self.last_values = values
             if self.evaluator is not None and self.metrics_step != self.step:
                 self.evaluate(tlog)

@@ -183,3 +183,22 @@ def test_cuda_mixed_precision_trains_and_checkpoints_the_scaler(tmp_path, amp):
     assert np.isfinite(r.losses["loss"])
     saved = load_checkpoint(tmp_path / "checkpoints/last.pt")
     assert (saved["scaler"] is not None) == (amp == "fp16")
+
+
+def test_a_bad_face_in_a_dataloader_worker_is_one_line_naming_it(tmp_path):
+    """Hostile input 4 (part): a worker's DataError reached the CLI as a multi-line DataLoader traceback naming
+    "record 39"; now the worker's own one line, naming the file."""
+
+    class BadFace(SynthFaces):
+        def describe(self, i):
+            return f"/data/train/id{i % self.num_classes}/{i}.jpg"
+
+        def image(self, i):
+            return None if i == 3 else super().image(i)
+
+    t = make_trainer(tmp_path, source=BadFace(16, 4), num_classes=4, num_workers=1, steps=4)
+    with pytest.raises(DataError) as e:
+        t.fit()
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    assert msg.startswith("/data/train/id3/3.jpg could not be read"), msg
