@@ -82,7 +82,8 @@ def run(ctx: StageContext) -> StageResult:
         outputs["eval_log"] = ctx.stage_dir / "eval_log.csv"
     train = summary["train"]
     metrics = {**summary["metrics"], "steps": train["steps"], "epochs": train["epochs"],
-               "steps_per_s": train["steps_per_s"], "teacher_mode": train.get("teacher_mode")}
+               "steps_per_s": train["steps_per_s"], "teacher_mode": train.get("teacher_mode"),
+               "skipped_images": train.get("skipped_images", 0)}
     if summary["best"].get("value") is not None:
         metrics["best_" + summary["best"]["metric"]] = summary["best"]["value"]
     return StageResult(outputs=outputs, metrics=metrics)

@@ -78,7 +78,14 @@ def run(ctx: StageContext) -> StageResult:
         cache = shared.copy_to(ctx.output_path("cache"))
         outputs["cache"] = cache.path
         outputs["cache_meta"] = cache.path.with_suffix(".json")
-        metrics.update(train_images=cache.n, cache_reused=reused)
+        skipped = cache.skipped_summary(faces)
+        metrics.update(train_images=cache.n, cache_reused=reused, skipped_images=skipped["count"])
+        if skipped["count"]:
+            metrics["skipped_first"] = ", ".join(skipped["first"])
+            table_console(stderr=True).print(
+                f"teacher: {skipped['count']} training face(s) could not be read and are left out "
+                f"(data.on_error=skip): {', '.join(skipped['first'])}" + (" ..." if skipped["count"] > 3 else ""),
+                markup=False, highlight=False)
     return StageResult(outputs=outputs, metrics=metrics)
 
 

@@ -217,6 +217,31 @@ class RecSource(_SourceBase):
         return self._hash
 
 
+class SubsetSource:
+    """The faces of `base` at `keep` (sorted indices), renumbered 0..len(keep)-1: a training set without the
+    faces an earlier stage could not read."""
+
+    def __init__(self, base, keep: np.ndarray):
+        self.base, self.keep = base, np.asarray(keep, dtype=np.int64)
+        self.num_classes, self.class_names = base.num_classes, base.class_names
+        self.labels = np.asarray(base.labels)[self.keep]
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def image(self, i: int) -> np.ndarray | None:
+        return self.base.image(int(self.keep[i]))
+
+    def describe(self, i: int) -> str:
+        return self.base.describe(int(self.keep[i]))
+
+    def content_hash(self) -> str:
+        return sha256_json({"base": self.base.content_hash(), "keep": self.keep.tolist()})
+
+
 def open_face_source(path: str | os.PathLike, on_error: str = "fail") -> FaceSource:
     """A FaceSource over an image folder or a RecordIO set, picked from the path."""
     faces = load_training_set(path, on_error)

@@ -98,6 +98,11 @@ class TeacherCache:
         """Indices of faces the source could not read (their rows are NaN)."""
         return np.asarray(self.meta.get("skipped", []), dtype=np.int64)
 
+    def skipped_summary(self, source) -> dict:
+        """{"count", "first"}: how many faces the source could not read, and the first three by name."""
+        name = getattr(source, "describe", lambda i: f"record {i}")
+        return {"count": int(len(self.skipped)), "first": [name(int(i)) for i in self.skipped[:3]]}
+
     @property
     def valid(self) -> np.ndarray:
         """Boolean (N,) mask of rows holding real embeddings."""

@@ -53,6 +53,7 @@ def open_teacher_cache(inputs: dict[str, str]):
 
 def build_trainer(job: dict, env, device):
     """The job's Trainer on this rank: data, teacher targets (cache or online), student, losses, evaluator."""
+    import numpy as np
     import torch
 
     from facepipe.models.losses import build_weighted_loss
@@ -81,10 +82,23 @@ def build_trainer(job: dict, env, device):
     if cache is not None and cache.n != len(source):
         raise ModelError(f"teacher cache {cache.path} holds {cache.n} embeddings but {train} has "
                          f"{len(source)} faces: re-run the teacher stage")
+    skipped = cache.skipped_summary(source) if cache is not None else {"count": 0, "first": []}
+    teacher_emb = teacher_flip = None
+    if cache is not None:
+        teacher_emb, teacher_flip = cache.embeddings, cache.flipped
+    if skipped["count"]:  # the faces the teacher stage left out (data.on_error=skip) are not trained on either
+        from facepipe.pipeline.data.imagefolder import SubsetSource
+
+        say(f"distill: leaving out {skipped['count']} face(s) the teacher stage could not read "
+            f"(data.on_error=skip): {', '.join(skipped['first'])}" + (" ..." if skipped["count"] > 3 else ""))
+        keep = cache.valid.nonzero()[0]
+        source, labels = SubsetSource(source, keep), labels[keep]
+        teacher_emb = np.asarray(teacher_emb)[keep]
+        teacher_flip = np.asarray(teacher_flip)[keep] if teacher_flip is not None else None
     choice = choose_teacher_mode(d.teacher_mode, d.augment, cache is not None,
                                  cache is not None and cache.flipped is not None)
     if choice.mode == "cache":
-        targets = CachedTargets(cache.embeddings, cache.flipped, where=f"teacher cache {cache.path}")
+        targets = CachedTargets(teacher_emb, teacher_flip, where=f"teacher cache {cache.path}")
     else:
         from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
 
@@ -105,14 +119,12 @@ def build_trainer(job: dict, env, device):
             need = [n for n, t in loss.terms.items() if t.needs_centers]
             raise ConfigError(f"loss {need[0]!r} needs teacher class centres, computed from the teacher cache: "
                               "set teacher.cache=true")
-        loss.set_centers(teacher_class_centers(cache.embeddings, labels, source.num_classes))
+        loss.set_centers(teacher_class_centers(teacher_emb, labels, source.num_classes))
 
     specs = eval_specs(cfg)
     evaluator = None
     best_metric = d.best_metric if specs else None
     if generated:
-        import numpy as np
-
         from facepipe.pipeline.data.synthetic.datafree import NOTE, AgreementEvaluator
 
         say(f"distill: {NOTE}")
@@ -139,5 +151,6 @@ def build_trainer(job: dict, env, device):
                       evaluator=evaluator if env.is_main else None, best_metric=best_metric,
                       student_meta=meta, log=say)
     trainer.student_meta["fingerprint"] = trainer.fingerprint
-    trainer.info = {"teacher_mode": choice.mode, "teacher_mode_reason": choice.reason}
+    trainer.info = {"teacher_mode": choice.mode, "teacher_mode_reason": choice.reason,
+                    "skipped_images": skipped["count"], "skipped_first": skipped["first"]}
     return trainer

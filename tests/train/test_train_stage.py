@@ -167,3 +167,24 @@ def test_real_celeba_20_steps_with_the_sface_cache(celeba_root, tmp_path, monkey
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     assert load_checkpoint(out / "student.pt", STUDENT_KIND)["embedding_size"] == 128
+
+
+def test_faces_the_teacher_skipped_are_left_out_of_distillation_and_named(tmp_path):
+    """Hostile input 4: with data.on_error=skip the teacher stage skipped bad images but said so only in a cache
+    sidecar, and distill then died on them in a DataLoader worker ("record 39"). Now both stages name the count
+    and the first files, and distill trains on the rest."""
+    cfg = write_project(tmp_path)
+    bad = sorted((tmp_path / "data" / "train").rglob("*.png"))[:2]
+    for p in bad:
+        p.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    conf = yaml.safe_load(cfg.read_text())
+    conf["data"]["on_error"] = "skip"
+    cfg.write_text(yaml.safe_dump(conf))
+    output = invoke("-c", cfg)
+    teacher = read_manifest(tmp_path / "runs/t/teacher")["metrics"]
+    assert teacher["skipped_images"] == 2 and all(p.name in teacher["skipped_first"] for p in bad)
+    distill = read_manifest(tmp_path / "runs/t/distill")
+    assert distill["status"] == "complete" and distill["metrics"]["skipped_images"] == 2
+    assert "leaving out 2 face(s) the teacher stage could not read" in " ".join(output.split())
+    train = json.loads((tmp_path / "runs/t/distill/metrics.json").read_text())["train"]
+    assert train["skipped_images"] == 2 and [Path(f).name for f in train["skipped_first"]] == [p.name for p in bad]
