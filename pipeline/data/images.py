@@ -98,14 +98,13 @@ def decode_image_rgb(data: bytes | bytearray | memoryview, where: str, on_error:
     if big is not None:
         if on_error == "skip":
             return None
-        raise DataError(f"{where}: image is {big[0]}x{big[1]} ({big[0] * big[1] / 1e6:.0f} MP, over the "
-                        f"{MAX_PIXELS / 1e6:.0f} MP facepipe decodes; refused from its header, nothing allocated); "
-                        f"{_FIX}")
+        raise DataError(f"{where}: image is {big[0]}x{big[1]} ({big[0] * big[1] / 1e6:.0f} MP), over the "
+                        f"{MAX_PIXELS / 1e6:.0f} MP facepipe decodes, refused from its header; {_FIX}")
     img = _decode(data)
     if img is None:
         if on_error == "skip":
             return None
-        raise DataError(f"{where}: not a decodable image ({len(data)} bytes; corrupt, truncated or unsupported "
+        raise DataError(f"{where}: not a decodable image ({len(data)} bytes: corrupt, truncated or unsupported "
                         f"format); {_FIX}")
     return img
 

@@ -131,9 +131,11 @@ class _Aligner:
     def __call__(self, path: Path) -> tuple[np.ndarray | None, str]:
         from .align import align_face
 
-        img = read_image_rgb(path, on_error="skip")
-        if img is None:
-            return None, "missing or not a decodable image"
+        try:
+            img = read_image_rgb(path, on_error="fail")
+        except DataError as e:  # the reader's own reason ("image not found", "image is 16000x16000 ..."), no advice
+            msg = str(e)
+            return None, (msg[len(f"{path}: "):] if msg.startswith(f"{path}: ") else msg).split("; ")[0]
         lm = None
         if self.landmarks is not None:
             lm = self.landmarks.get(Path(os.path.relpath(path, self.base)).as_posix())

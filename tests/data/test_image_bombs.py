@@ -38,7 +38,7 @@ def test_a_16000x16000_png_is_refused_from_its_header_without_allocating(tmp_pat
     bomb.write_bytes(_png_header_bomb(16000, 16000))
     assert I.image_size(bomb.read_bytes()) == (16000, 16000)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(DataError, match=r"bomb\.png: image is 16000x16000 \(256 MP, over the 40 MP"):
+    with pytest.raises(DataError, match=r"bomb\.png: image is 16000x16000 \(256 MP\), over the 40 MP"):
         I.read_image_rgb(bomb)
     assert I.read_image_rgb(bomb, on_error="skip") is None
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss: KiB on Linux

@@ -104,7 +104,7 @@ def test_corrupt_image_names_file_and_line(tmp_path, rng):
     make_fake_lfw(tmp_path, rng)
     bad = lfw_image_path(tmp_path, "Bob_B", 2)
     bad.write_bytes(bad.read_bytes()[:600])  # truncated JPEG
-    with pytest.raises(DataError, match=r"pairs.txt line 3: image .*Bob_B_0002.jpg: missing or not a decodable"):
+    with pytest.raises(DataError, match=r"pairs.txt line 3: image .*Bob_B_0002.jpg: not a decodable image \(600 bytes"):
         load_lfw(tmp_path)
     vs = load_lfw(tmp_path, on_error="skip")
     assert vs.skipped == 2 and vs.issame.tolist() == [True, False]
