@@ -33,7 +33,7 @@ class RunConfig(Section):
 class DataConfig(Section):
     root: Path | None = None  # None -> $FACEPIPE_DATA
     train: str = "celeba-train"  # ImageFolder / identities.tsv folder or train.rec, relative to root
-    benchmarks: list[str] = ["lfw"]  # names under root (lfw, cfp_fp, agedb_30, ...) or .bin paths
+    benchmarks: list[str] = ["lfw", "cfp_fp"]  # names under root (lfw, cfp_fp, ...), .bin / folder / pairs-file paths
     on_error: Literal["fail", "skip"] = "fail"  # corrupt images / missing files: stop, or skip and count
     batch_size: int = Field(default=64, ge=1)
     # Data-free mode (no data root configured): faces drawn from the DCGAN (gan-face-generate) to distil on,
@@ -58,7 +58,7 @@ class TeacherConfig(Section):
     embedding_size: int = Field(default=128, ge=1)
     flip: bool = False  # fuse embeddings of the face and its mirror image
     cache: bool = True  # cache teacher embeddings of the training set
-    check: list[str] = ["lfw"]  # benchmarks the teacher stage scores
+    check: list[str] = ["lfw", "cfp_fp"]  # benchmarks the teacher stage scores
     preprocess: PreprocessOverride | None = None
 
 

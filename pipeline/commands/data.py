@@ -105,6 +105,10 @@ def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]], str | None
     """(kind, table rows, problem): problem is what makes the set unusable (the command then exits 2)."""
     import numpy as np
 
+    from ..eval.datasets import PAIR_LIST_SUFFIXES
+
+    if path.is_file() and path.suffix.lower() in PAIR_LIST_SUFFIXES:
+        return _inspect_pair_list(str(path), path)
     if path.suffix == ".bin":
         from ..data.binfile import read_bin_raw
         from ..data.images import decode_image_rgb
@@ -160,6 +164,8 @@ def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]], str | None
             if key in lms:
                 rows.append(("sample aligned shape", align_face(img, lms[key]).shape))
         return "LFW", rows, None
+    if path.is_dir() and (path / "Protocol" / "Split").is_dir():
+        return _inspect_cfp(path)
     if path.is_dir():
         from ..data.imagefolder import read_image_folder
         from ..data.images import read_image_rgb
@@ -172,7 +178,49 @@ def _inspect_rows(path: Path) -> tuple[str, list[tuple[str, object]], str | None
             ("images per class min / mean / max", f"{counts.min()} / {counts.mean():.1f} / {counts.max()}"),
             ("listed via", "identities.tsv" if (path / "identities.tsv").is_file() else "sub-folders"),
             ("sample shape", None if sample is None else sample.shape)], None
-    raise DataError(f"{path}: not a .bin, .rec/.idx, LFW folder (with pairs.txt) or image folder")
+    raise DataError(f"{path}: not a .bin, .rec/.idx, pairs file, LFW folder (with pairs.txt), CFP folder "
+                    "(Protocol/, Data/Images/) or image folder")
+
+
+def _pair_rows(refs, kind: str, where: str) -> tuple[str, list[tuple[str, object]], str | None]:
+    """Rows for any pairs list (PairRefs); the problem when none of its images exists."""
+    from ..data.images import read_image_rgb
+
+    images = sorted({p.a for p in refs} | {p.b for p in refs})
+    present = [p for p in images if p.is_file()]
+    rows = [("pairs", len(refs)), ("same / different", f"{sum(p.issame for p in refs)} / "
+                                                         f"{sum(not p.issame for p in refs)}"),
+            ("folds", len({p.fold for p in refs})), ("distinct images", len(images)),
+            ("missing images", len(images) - len(present))]
+    if not present:
+        return kind, rows, (f"{where}: none of the {len(images)} images its pairs name exists (e.g. {images[0]}); "
+                            "point the image root at the folder they are under (option images=)")
+    img = read_image_rgb(present[0], "skip")
+    if img is not None:
+        rows.append(("sample raw shape", img.shape))
+    return kind, rows, None
+
+
+def _inspect_cfp(path: Path):
+    from ..data.cfp import read_cfp_pairs
+
+    refs = read_cfp_pairs(path, "FP")
+    kind, rows, problem = _pair_rows(refs, "CFP (official layout)", str(path))
+    rows.insert(0, ("protocols", "FF (frontal-frontal), FP (frontal-profile); rows below: FP"))
+    rows.append(("FF pairs", len(read_cfp_pairs(path, "FF"))))
+    return kind, rows, problem
+
+
+def _inspect_pair_list(spec: str, path: Path):
+    from ..data.pairset import read_pair_list
+    from ..eval.datasets import resolve_benchmark
+
+    bench = resolve_benchmark(spec, None)
+    refs = read_pair_list(bench.paths[0], bench.paths[1])
+    kind, rows, problem = _pair_rows(refs, "pairs file", str(path))
+    rows += [("image root", bench.paths[1]), ("declared aligned", bench.aligned),
+             ("landmarks", bench.landmarks or ("-" if bench.aligned else "none: YuNet detects"))]
+    return kind, rows, problem
 
 
 def register(app: typer.Typer) -> None:
@@ -195,16 +243,34 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("make-bin")
     def make_bin_cmd(out: Path = typer.Argument(..., help="Output .bin file."),
-                     lfw_root: Path = typer.Option(..., "--lfw-root", help="LFW folder (pairs.txt, images/, "
-                                                                           "landmarks.tsv)."),
+                     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Any pair benchmark: "
+                                                             "a name under the data root (lfw, cfp_fp, ...), a "
+                                                             "folder, or a pairs file (my_faces/pairs.txt?aligned)."),
+                     lfw_root: Optional[Path] = typer.Option(None, "--lfw-root", help="LFW folder (pairs.txt, "
+                                                             "images/, landmarks.tsv); same as --benchmark FOLDER."),
                      pairs: str = typer.Option("pairs.txt", "--pairs", help="Pairs file inside the LFW root."),
                      image_format: str = typer.Option("png", "--format", help="png (lossless: same accuracy as the "
                                                       "raw images) or jpeg (quality 95, as insightface's bins)."),
+                     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where benchmark names "
+                                                              "are looked up (default: $FACEPIPE_DATA)."),
                      on_error: str = OnErrorOpt):
-        """Align LFW's pairs and write an insightface-style .bin."""
-        from ..data.binfile import make_bin_from_lfw, read_bin_raw
+        """Align a benchmark's pairs (LFW, CFP, your own pairs file) and write an insightface-style .bin."""
+        import os
 
-        make_bin_from_lfw(lfw_root, out, pairs_file=pairs, on_error=on_error, image_format=image_format)
+        from ..data.binfile import make_bin, make_bin_from_lfw, read_bin_raw
+        from ..eval.datasets import resolve_benchmark
+
+        if (benchmark is None) == (lfw_root is None):
+            raise DataError("give one of --benchmark (a name, folder or pairs file) or --lfw-root")
+        if lfw_root is not None:
+            make_bin_from_lfw(lfw_root, out, pairs_file=pairs, on_error=on_error, image_format=image_format)
+        else:
+            root = data_root or (Path(os.environ["FACEPIPE_DATA"]) if os.environ.get("FACEPIPE_DATA") else None)
+            bench = resolve_benchmark(benchmark, root)
+            if bench.kind != "pairs" or bench.fmt == "bin":
+                raise DataError(f"--benchmark {benchmark}: a .bin is made from an image benchmark with pairs "
+                                f"(LFW, CFP, a pairs file), not from a {bench.fmt} source")
+            make_bin(bench.load(on_error), out, image_format=image_format)
         bins, issame = read_bin_raw(out)
         typer.echo(f"{out}: {len(issame)} pairs ({int(issame.sum())} same), {len(bins)} images")
 
@@ -221,12 +287,17 @@ def register(app: typer.Typer) -> None:
                    + (f", {faces.skipped} skipped" if faces.skipped else ""))
 
     @data_app.command("inspect")
-    def inspect_cmd(path: Path = typer.Argument(..., help=".bin, .rec/.idx, LFW folder or image folder.")):
+    def inspect_cmd(spec: str = typer.Argument(..., help=".bin, .rec/.idx, LFW or CFP folder, image folder, "
+                                                        "or a pairs file (with ?aligned&images=... options).")):
         """Counts, classes, pairs and sample shapes of a data set."""
 
+        path = Path(spec.partition("?")[0])
         if not path.exists():
             raise DataError(f"{path}: not found")
-        kind, rows, problem = _inspect_rows(path)
+        if "?" in spec:
+            kind, rows, problem = _inspect_pair_list(spec, path)
+        else:
+            kind, rows, problem = _inspect_rows(path)
         table_console().print(_table(f"{path} ({kind})", rows))
         if problem:
             raise DataError(problem)

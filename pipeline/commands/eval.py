@@ -16,8 +16,9 @@ def eval_command(
     model: str = typer.Option(..., "--model", "-m", help="Teacher name (sface), model file (.onnx/.pt/.ts), "
                               "model-pack folder or hf:<org>/<repo>."),
     benchmarks: Optional[str] = typer.Option(None, "--benchmarks", "-b", help="Comma-separated names under the "
-                                             "data root (lfw, cfp_fp, agedb_30, calfw, cplfw, ijbb, ijbc) or "
-                                             ".bin / folder paths. Default: data.benchmarks."),
+                                             "data root (lfw, cfp_fp, cfp_ff, agedb_30, calfw, cplfw, ijbb, ijbc), "
+                                             ".bin / folder paths, or a pairs file with options, e.g. "
+                                             "'my_faces/pairs.txt?aligned'. Default: data.benchmarks."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
     kind: str = typer.Option("auto", "--kind", help="Model kind: auto (from the source) or a "
                             "teacher kind (package, checkpoint, torchscript, onnx, insightface, hf, ...)."),

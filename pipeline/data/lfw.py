@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import inside
-from ..progress import console, progress
-from .images import SKIP_HINT, check_on_error, read_image_rgb
+from .images import check_on_error
 from .types import VerificationSet
 
 
@@ -122,36 +120,6 @@ def lfw_image_path(root: str | os.PathLike, name: str, num: int) -> Path:
     return lfw_image_dir(root) / name / f"{name}_{num:04d}.jpg"
 
 
-class _Aligner:
-    """Reads one LFW image and aligns it from its landmarks (or YuNet when the file has none for it)."""
-
-    def __init__(self, base: Path, landmarks: dict[str, np.ndarray] | None):
-        self.base, self.landmarks = base, landmarks  # landmark keys are paths relative to `base`
-
-    def __call__(self, path: Path) -> tuple[np.ndarray | None, str]:
-        from .align import align_face
-
-        try:
-            img = read_image_rgb(path, on_error="fail")
-        except DataError as e:  # the reader's own reason ("image not found", "image is 16000x16000 ..."), no advice
-            msg = str(e)
-            return None, (msg[len(f"{path}: "):] if msg.startswith(f"{path}: ") else msg).split("; ")[0]
-        lm = None
-        if self.landmarks is not None:
-            lm = self.landmarks.get(Path(os.path.relpath(path, self.base)).as_posix())
-        if lm is None:
-            from .detect import detect_landmarks
-
-            found = detect_landmarks(img, select="center")
-            if found is None:
-                return None, "no face detected (no landmarks for it and YuNet found none)"
-            lm = found[0]
-        try:
-            return align_face(img, lm), ""
-        except ValueError as e:
-            return None, f"cannot align it ({e})"
-
-
 def load_lfw(root: str | os.PathLike, pairs_file: str = "pairs.txt", on_error: str = "fail",
              landmarks: str | os.PathLike | None = "landmarks.tsv", workers: int = 2,
              max_folds: int | None = None) -> VerificationSet:
@@ -162,6 +130,8 @@ def load_lfw(root: str | os.PathLike, pairs_file: str = "pairs.txt", on_error: s
     file is absent the faces are detected. A pair whose image is missing, unreadable or faceless raises a
     DataError naming the pairs line (on_error="fail") or is dropped and counted in `skipped` ("skip").
     """
+    from .pairset import FaceReader, PairRef, load_pair_set, open_landmarks
+
     check_on_error(on_error)
     root = Path(root)
     pairs_path = root / pairs_file
@@ -169,65 +139,8 @@ def load_lfw(root: str | os.PathLike, pairs_file: str = "pairs.txt", on_error: s
     if max_folds is not None:  # only the first folds' images are read
         first = sorted({p.fold for p in pairs})[:max_folds]
         pairs = [p for p in pairs if p.fold in first]
-    lm, lm_base = None, root
-    if landmarks is not None:
-        lm_path, lm_base = root / landmarks, (root / landmarks).parent
-        if lm_path.is_file() or str(landmarks) != "landmarks.tsv":
-            lm = read_landmarks(lm_path)
-        else:
-            console.print(f"[yellow]{lm_path} not found: detecting landmarks with YuNet[/]")
-
-    img_dir = lfw_image_dir(root)
-    index: dict[Path, int] = {}
-    first_line: dict[Path, int] = {}
-    for p in pairs:
-        for name, num in ((p.name_a, p.num_a), (p.name_b, p.num_b)):
-            path = img_dir / name / f"{name}_{num:04d}.jpg"
-            if path not in index:
-                index[path] = len(index)
-                first_line[path] = p.line
-    paths = list(index)
-
-    if on_error == "fail":  # cheap existence check first, so the error comes before minutes of decoding
-        for path in paths:
-            if not path.is_file():
-                raise DataError(f"{pairs_path.name} line {first_line[path]}: image {path} not found; check the "
-                                f"LFW root, or set {SKIP_HINT} to drop the pairs that use it")
-
-    aligner = _Aligner(lm_base, lm)
-    images = np.zeros((len(paths), 112, 112, 3), np.uint8)
-    ok = np.ones(len(paths), bool)
-    pool = ThreadPoolExecutor(max(1, workers))
-    try:
-        with progress("img") as bar:
-            task = bar.add_task(f"LFW {Path(pairs_file).name}", total=len(paths))
-            for i, (face, why) in enumerate(pool.map(aligner, paths)):
-                if face is None:
-                    if on_error == "fail":
-                        raise DataError(f"{pairs_path.name} line {first_line[paths[i]]}: image {paths[i]}: {why}; "
-                                        f"replace it, or set {SKIP_HINT} to drop the pairs that use it")
-                    ok[i] = False
-                else:
-                    images[i] = face
-                bar.advance(task)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on an error, do not finish aligning the rest first
-
-    kept_pairs, issame, folds = [], [], []
-    skipped = 0
-    for p in pairs:
-        a = index[img_dir / p.name_a / f"{p.name_a}_{p.num_a:04d}.jpg"]
-        b = index[img_dir / p.name_b / f"{p.name_b}_{p.num_b:04d}.jpg"]
-        if not (ok[a] and ok[b]):
-            skipped += 1
-            continue
-        kept_pairs.append((a, b))
-        issame.append(p.issame)
-        folds.append(p.fold)
-    kept = np.array(kept_pairs, np.int64).reshape(-1, 2)
-    used = np.zeros(len(paths), bool)
-    used[kept.reshape(-1)] = True
-    if not used.all():  # drop images that only dropped pairs used, and renumber
-        images, kept = images[used], (np.cumsum(used) - 1)[kept]
-    return VerificationSet(name="lfw", images=images, pairs=kept, issame=np.array(issame, bool),
-                           folds=np.array(folds, np.int64), skipped=skipped, source=str(pairs_path))
+    lm, lm_base = open_landmarks(None if landmarks is None else root / landmarks,
+                                 default=str(landmarks) == "landmarks.tsv")
+    refs = [PairRef(lfw_image_path(root, p.name_a, p.num_a), lfw_image_path(root, p.name_b, p.num_b), p.issame,
+                    p.fold, f"{pairs_path.name} line {p.line}") for p in pairs]
+    return load_pair_set(refs, "lfw", str(pairs_path), FaceReader(lm_base or root, lm), on_error, workers)

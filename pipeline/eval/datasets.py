@@ -1,8 +1,11 @@
 """Named verification benchmarks: where their files live under the data root, and one evaluation path.
 
-A spec is a registered name (lfw, cfp_fp, agedb_30, ijbc, ...) looked up under the data root, or a path to
-an insightface .bin, an LFW-style folder (pairs.txt, optional landmarks.tsv) or an IJB-B/C folder. Every
-runtime is scored by `evaluate_benchmark` -> `evaluate_embeddings` -> facepipe.pipeline.eval.metrics.
+A spec is a registered name (lfw, cfp_fp, agedb_30, ijbc, ...) looked up under the data root, or a path:
+an insightface .bin, an LFW-style folder (pairs.txt, optional landmarks.tsv), a CFP folder in its official
+layout, an IJB-B/C folder, or any pairs file (pipeline/data/pairset.py forms) with options after '?':
+  my_faces/pairs.txt?aligned              images under my_faces/ (or my_faces/images/), already aligned
+  pairs.tsv?images=crops&landmarks=lm.tsv&name=mine
+Every runtime is scored by `evaluate_benchmark` -> `evaluate_embeddings` -> facepipe.pipeline.eval.metrics.
 """
 
 from __future__ import annotations
@@ -22,22 +25,28 @@ from .metrics import (IJB_FARS, auc, pair_scores, roc_curve, stratified_kfold_id
                       verification_10fold)
 from ..registry import Registry
 
-PAIR_BINS = ("cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
+PAIR_BINS = ("agedb_30", "calfw", "cplfw", "vgg2_fp")
+PAIR_LIST_SUFFIXES = (".txt", ".tsv", ".csv", ".lst", ".list")
+PAIR_OPTIONS = ("aligned", "images", "landmarks", "name")
 LFW_PAIRS, LFW_LANDMARKS = "pairs.txt", "landmarks.tsv"  # landmarks optional: load_lfw detects without
 
 
 @dataclass(frozen=True)
 class Source:
-    """One place a benchmark may live: format ("lfw" | "bin" | "ijb") and path (folder or .bin file)."""
+    """One place a benchmark may live: format ("lfw" | "cfp" | "bin" | "ijb") and path (folder or .bin file)."""
 
     fmt: str
     path: Path
-    which: str | None = None  # IJBB / IJBC
+    which: str | None = None  # IJBB / IJBC, or the CFP protocol (FF / FP)
 
     def required(self) -> list[Path]:
         """Files (and folders) that must exist for this source to be usable."""
         if self.fmt == "lfw":
             return [self.path / LFW_PAIRS]
+        if self.fmt == "cfp":
+            from ..data.cfp import required_files
+
+            return required_files(self.path, self.which or "FP")
         if self.fmt == "ijb":
             from ..data.ijb import meta_files
 
@@ -49,7 +58,8 @@ class Source:
 
     def explain(self) -> str:
         miss = self.missing()
-        what = {"lfw": "LFW-style folder", "bin": "insightface .bin", "ijb": f"{self.which} folder"}[self.fmt]
+        what = {"lfw": "LFW-style folder", "bin": "insightface .bin", "ijb": f"{self.which} folder",
+                "cfp": f"CFP folder, official layout, protocol {self.which}"}[self.fmt]
         if self.fmt == "bin":
             return f"{self.path} ({what}): {'missing' if miss else 'found'}"
         return f"{self.path} ({what}): missing {', '.join(str(p.relative_to(self.path)) for p in miss)}"
@@ -75,6 +85,14 @@ BENCHMARKS.register("lfw", BenchmarkEntry(
     lambda r: [Source("lfw", r / "lfw"), Source("bin", r / "lfw.bin"), Source("bin", r / "lfw" / "lfw.bin")],
     "put LFW (images/, pairs.txt and optionally landmarks.tsv) in lfw/, or insightface's lfw.bin beside it "
     "(`facepipe data make-bin` builds one)"))
+for _protocol in ("FP", "FF"):
+    _name = f"cfp_{_protocol.lower()}"
+    BENCHMARKS.register(_name, BenchmarkEntry(
+        _name, "pairs",
+        lambda r, n=_name, p=_protocol: [Source("cfp", r / "cfp", p), Source("bin", r / f"{n}.bin"),
+                                         Source("bin", r / n / f"{n}.bin"), Source("bin", r / "cfp" / f"{n}.bin")],
+        f"put CFP in its official layout in cfp/ (Protocol/Pair_list_F.txt, Pair_list_P.txt, Split/{_protocol}/01..10, "
+        f"Data/Images/), or insightface's {_name}.bin beside it (`facepipe data make-bin` builds one)"))
 for _name in PAIR_BINS:
     BENCHMARKS.register(_name, BenchmarkEntry(
         _name, "pairs",
@@ -92,10 +110,12 @@ class Benchmark:
 
     name: str
     kind: str
-    fmt: str  # "lfw" | "bin" | "ijb"
+    fmt: str  # "lfw" | "cfp" | "bin" | "ijb" | "pairs" (a pairs file: paths = (pairs file, image root))
     paths: tuple[Path, ...]
     which: str | None = None
     folds: int | None = None  # "name@N": only the first N folds (a quick check; the name keeps the suffix)
+    aligned: bool = False  # "pairs": the images are aligned 112x112 crops (else landmarks or YuNet)
+    landmarks: Path | None = None  # "pairs": a landmarks.tsv for raw images
 
     @property
     def path(self) -> Path:
@@ -103,11 +123,17 @@ class Benchmark:
 
     def load(self, on_error: str = "fail"):
         """Read it: a VerificationSet (pairs) or an IJBSet (ijb)."""
-        if self.fmt in ("lfw", "bin"):
+        if self.fmt in ("lfw", "bin", "cfp", "pairs"):
             if self.fmt == "lfw":
                 from ..data.lfw import load_lfw
 
                 data = load_lfw(self.path, on_error=on_error, max_folds=self.folds)
+            elif self.fmt == "cfp":
+                from ..data.cfp import load_cfp
+
+                data = load_cfp(self.path, self.which or "FP", on_error=on_error, max_folds=self.folds)
+            elif self.fmt == "pairs":
+                data = self._load_pair_list(on_error)
             else:
                 from ..data.binfile import read_bin
 
@@ -119,6 +145,18 @@ class Benchmark:
 
         return load_ijb(self.path, self.which or "IJBC", on_error=on_error)
 
+    def _load_pair_list(self, on_error: str):
+        from ..data.pairset import FaceReader, load_pair_set, open_landmarks, read_pair_list
+
+        pairs_file, root = self.paths[0], self.paths[1]
+        refs = read_pair_list(pairs_file, root)
+        if self.folds:
+            first = sorted({p.fold for p in refs})[:self.folds]
+            refs = [p for p in refs if p.fold in first]
+        lm, base = (None, None) if self.aligned else open_landmarks(self.landmarks)
+        return load_pair_set(refs, self.name, str(pairs_file), FaceReader(base or root, lm, aligned=self.aligned),
+                             on_error)
+
     def input_files(self) -> list[Path]:
         """Files whose hashes identify the benchmark in a manifest.
 
@@ -127,6 +165,12 @@ class Benchmark:
         """
         if self.fmt == "lfw":
             return [p for p in (self.path / LFW_PAIRS, self.path / LFW_LANDMARKS) if p.is_file()]
+        if self.fmt == "cfp":
+            from ..data.cfp import required_files
+
+            return required_files(self.path, self.which or "FP")  # the pair lists and the protocol's split folder
+        if self.fmt == "pairs":
+            return [self.paths[0], *([self.landmarks] if self.landmarks else [])]
         if self.fmt == "ijb":
             from ..data.ijb import meta_files
 
@@ -135,7 +179,22 @@ class Benchmark:
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "kind": self.kind, "format": self.fmt, "path": str(self.path)}
+        if self.fmt == "cfp":
+            d["protocol"] = self.which
+        if self.fmt == "pairs":
+            d.update(images=str(self.paths[1]), aligned=self.aligned,
+                     landmarks=str(self.landmarks) if self.landmarks else None)
         return {**d, "folds": self.folds} if self.folds else d
+
+    def image_root(self) -> Path | None:
+        """The folder the images are read from (its content is part of the benchmark's identity)."""
+        if self.fmt == "lfw":
+            from ..data.lfw import lfw_image_dir
+
+            return lfw_image_dir(self.path)
+        if self.fmt == "cfp":
+            return self.path / "Data" / "Images"
+        return self.paths[1] if self.fmt == "pairs" else None
 
 
 def first_folds(data, n: int):
@@ -169,26 +228,72 @@ def _find_named(entry: BenchmarkEntry, data_root: Path | None) -> Benchmark:
                     "it, or pass its path directly")
 
 
-def _from_path(path: Path) -> Benchmark:
+def _from_path(path: Path, options: dict[str, str] | None = None) -> Benchmark:
+    if options is not None or (path.is_file() and path.suffix.lower() in PAIR_LIST_SUFFIXES):
+        return _pair_list(path, options or {})
     if path.is_file():
         if path.suffix.lower() != ".bin":
             raise DataError(f"{path}: a benchmark file must be an insightface .bin (pickle of JPEG bytes and "
-                            "issame flags); for LFW give its folder")
+                            f"issame flags) or a pairs list ({', '.join(PAIR_LIST_SUFFIXES)}); for LFW give its folder")
         return Benchmark(path.stem, "pairs", "bin", (path,))
     candidates = [Source("ijb", path, w) for w in ("IJBC", "IJBB")]
     candidates.sort(key=lambda s: s.which.lower() != path.name.lower())  # the folder's own name first
-    candidates += [Source("lfw", path), Source("bin", path / f"{path.name}.bin")]
+    candidates += [Source("lfw", path), Source("cfp", path, "FP"), Source("bin", path / f"{path.name}.bin")]
     for src in candidates:
         if not src.missing():
             kind = "ijb" if src.fmt == "ijb" else "pairs"
             name = src.which.lower() if src.fmt == "ijb" and path.name.upper() == src.which else path.name
+            name = "cfp_fp" if src.fmt == "cfp" else name
             return _from_source(name, kind, src)
     looked = "\n".join(f"  {s.explain()}" for s in candidates)
-    raise DataError(f"{path} is not a benchmark folder; it needs one of:\n{looked}")
+    raise DataError(f"{path} is not a benchmark folder; it needs one of:\n{looked}\n"
+                    "  or give a pairs file instead (my_faces/pairs.txt?aligned)")
+
+
+def parse_options(query: str, spec: str) -> dict[str, str]:
+    """'aligned&images=crops' -> {"aligned": "true", "images": "crops"}; unknown keys are a DataError."""
+    out = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if key not in PAIR_OPTIONS:
+            raise DataError(f"benchmark {spec!r}: unknown option {key!r} (known: {', '.join(PAIR_OPTIONS)})")
+        out[key] = value.strip() if eq else "true"
+    return out
+
+
+def _pair_list(pairs_file: Path, options: dict[str, str]) -> Benchmark:
+    """A pairs file and its options as a Benchmark; images under options["images"] (relative to the pairs
+    file's folder), else <folder>/images when present, else the folder itself."""
+    if not pairs_file.is_file():
+        raise DataError(f"{pairs_file}: pairs file not found")
+    folder = pairs_file.parent
+    images = options.get("images")
+    root = (folder / images) if images else (folder / "images" if (folder / "images").is_dir() else folder)
+    if not root.is_dir():
+        raise DataError(f"{pairs_file}: image folder {root} not found (option images=)")
+    aligned = options.get("aligned", "false").lower()
+    if aligned not in ("true", "false", "1", "0", "yes", "no"):
+        raise DataError(f"{pairs_file}: option aligned={aligned!r} should be true or false")
+    aligned_flag = aligned in ("true", "1", "yes")
+    lm = options.get("landmarks")
+    landmarks = folder / lm if lm else (folder / LFW_LANDMARKS if (folder / LFW_LANDMARKS).is_file() else None)
+    if landmarks is not None and not landmarks.is_file():
+        raise DataError(f"{pairs_file}: landmarks file {landmarks} not found (option landmarks=)")
+    name = options.get("name") or (folder.name if pairs_file.stem.lower() == "pairs" else pairs_file.stem)
+    return Benchmark(name, "pairs", "pairs", (pairs_file, root), aligned=aligned_flag,
+                     landmarks=None if aligned_flag else landmarks)
 
 
 def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.lower().endswith(".bin") or spec.startswith((".", "~"))
+
+
+def _candidates(text: str, data_root: Path | None) -> list[Path]:
+    tries = [Path(text).expanduser()]
+    if data_root is not None and not tries[0].is_absolute():
+        tries.append(Path(data_root) / text)
+    return tries
 
 
 def resolve_benchmark(spec: str | os.PathLike, data_root: Path | None) -> Benchmark:
@@ -197,6 +302,14 @@ def resolve_benchmark(spec: str | os.PathLike, data_root: Path | None) -> Benchm
     Relative paths are tried from the working directory, then under data_root.
     """
     text = str(spec).strip()
+    if "?" in text:  # a pairs file with options
+        path_text, _, query = text.partition("?")
+        options = parse_options(query, text)
+        for p in _candidates(path_text, data_root):
+            if p.is_file():
+                return _from_path(p, options)
+        raise DataError(f"benchmark {text!r}: pairs file {path_text!r} not found (looked at "
+                        f"{', '.join(str(p) for p in _candidates(path_text, data_root))})")
     base, at, count = text.rpartition("@")
     if at and base and count.isdigit():
         bench = resolve_benchmark(base, data_root)
@@ -206,9 +319,7 @@ def resolve_benchmark(spec: str | os.PathLike, data_root: Path | None) -> Benchm
         return replace(bench, name=f"{bench.name}@{int(count)}", folds=int(count))
     if text.lower() in BENCHMARKS:
         return _find_named(BENCHMARKS.get(text.lower()), data_root)
-    tries = [Path(text).expanduser()]
-    if data_root is not None and not tries[0].is_absolute():
-        tries.append(Path(data_root) / text)
+    tries = _candidates(text, data_root)
     for p in tries:
         if p.exists():
             return _from_path(p)
@@ -216,8 +327,8 @@ def resolve_benchmark(spec: str | os.PathLike, data_root: Path | None) -> Benchm
         raise DataError(f"benchmark path {text!r} not found (looked at {', '.join(str(p) for p in tries)})")
     hint = difflib.get_close_matches(text.lower(), BENCHMARKS.names(), n=1)
     raise DataError(f"unknown benchmark {text!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") +
-                    f"; known: {', '.join(BENCHMARKS.names())}; a path to a .bin file, an LFW-style folder or "
-                    "an IJB folder also works")
+                    f"; known: {', '.join(BENCHMARKS.names())}; a path to a .bin file, an LFW-style, CFP or IJB "
+                    "folder, or a pairs file (my_faces/pairs.txt?aligned) also works")
 
 
 @dataclass

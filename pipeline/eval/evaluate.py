@@ -24,12 +24,11 @@ def embeddings_cache_dir() -> Path:
 
 
 def benchmark_inputs(bench: Benchmark) -> dict[str, Path]:
-    """Files and folders whose content identifies a benchmark (LFW-style folders include their images)."""
+    """Files and folders whose content identifies a benchmark (folders of images include their images)."""
     files = {f"{bench.name}.{p.name}": p for p in bench.input_files()}
-    if bench.fmt == "lfw":
-        from ..data.lfw import lfw_image_dir
-
-        files[f"{bench.name}.images"] = lfw_image_dir(bench.path)
+    root = bench.image_root()
+    if root is not None:
+        files[f"{bench.name}.images"] = root
     return files
 
 

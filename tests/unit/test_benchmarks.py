@@ -141,7 +141,7 @@ def write_ijb(root: Path, which: str = "IJBC", n_ids: int = 4, seed: int = 0) ->
 
 def test_registry_holds_the_insightface_names():
     names = set(BENCHMARKS.names())
-    assert {"lfw", "ijbb", "ijbc", *PAIR_BINS} == names
+    assert {"lfw", "cfp_fp", "cfp_ff", "ijbb", "ijbc", *PAIR_BINS} == names
     assert {n for n in names if BENCHMARKS.get(n).kind == "ijb"} == {"ijbb", "ijbc"}
 
 
@@ -233,9 +233,11 @@ def test_path_specs(tmp_path, monkeypatch):
     expected = r"(?s)not a benchmark folder.*ijbc_face_tid_mid.*missing pairs\.txt.*empty\.bin"
     with pytest.raises(DataError, match=expected):
         resolve_benchmark(str(data / "empty"), None)
-    (data / "notes.txt").write_text("x")
-    with pytest.raises(DataError, match=r"must be an insightface \.bin"):
-        resolve_benchmark(str(data / "notes.txt"), None)
+    (data / "notes.md").write_text("x")
+    with pytest.raises(DataError, match=r"must be an insightface \.bin .* or a pairs list"):
+        resolve_benchmark(str(data / "notes.md"), None)
+    (data / "notes.txt").write_text("x")  # a .txt is a pairs list: read (and refused line by line) at load
+    assert resolve_benchmark(str(data / "notes.txt"), None).fmt == "pairs"
     with pytest.raises(DataError, match=r"'nope/x\.bin' not found"):
         resolve_benchmark("nope/x.bin", data)
 
