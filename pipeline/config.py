@@ -49,12 +49,15 @@ class PreprocessOverride(Section):
     mean: list[float] | None = None
     std: list[float] | None = None
     size: int | None = None
+    standardize: bool | None = None  # per-image standardisation (FaceNet); see embedder.Preprocess
+    resize: Literal["scale", "center"] | None = None  # how the 112x112 crop reaches `size`
 
 
 class TeacherConfig(Section):
     source: str = "sface"  # packaged name (sface), a file/dir path, or hf:<org>/<repo>
     kind: str = "auto"  # auto, or a registered teacher kind (pipeline/teachers: TEACHER_SOURCES)
-    arch: str | None = None  # registered architecture for plain checkpoints (iresnet50, ...)
+    arch: str | None = None  # plain state dicts: a registered architecture (iresnet50, ...) or package.module:Class
+    arch_kwargs: dict[str, Any] = {}  # keyword arguments of that architecture's constructor
     embedding_size: int = Field(default=128, ge=1)
     flip: bool = False  # fuse embeddings of the face and its mirror image
     cache: bool = True  # cache teacher embeddings of the training set
@@ -65,6 +68,7 @@ class TeacherConfig(Section):
 class StudentConfig(Section):
     arch: str = "mobilefacenet"
     embedding_size: int = Field(default=128, ge=1)
+    init: Path | None = None  # pretrained weights to start from: a checkpoint / state dict, or a TorchScript
 
 
 class LossTerm(Section):
@@ -243,6 +247,14 @@ class PipelineConfig(Section):
         """data.train as a path (relative ones under the data root)."""
         p = Path(self.data.train)
         return p if p.is_absolute() else self.data_root() / p
+
+    def student_init_path(self) -> Path | None:
+        """distill.student.init as a path (relative ones against the config's folder), or None."""
+        p = self.distill.student.init
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
 
     def section(self, name: str) -> Any:
         """JSON-able dump of a section or a dotted key such as "data.train" (what a fingerprint covers)."""

@@ -27,6 +27,7 @@ META_FINGERPRINT = "facepipe.fingerprint"
 META_NORMALIZED = "facepipe.normalized"
 
 COLORS = ("RGB", "BGR")
+RESIZE_RULES = ("scale", "center")  # from the 112x112 crop: scale it to `size`, or centre-crop / zero-pad it
 
 
 def _triple(name: str, value: Any) -> tuple[float, float, float]:
@@ -43,7 +44,11 @@ def _triple(name: str, value: Any) -> tuple[float, float, float]:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a model wants its input: square `size`, channel `color` order, per-channel (x - mean) / std.
+    """How a model wants its input, from the 112x112 aligned crop: square `size` reached by the `resize` rule
+    ("scale": the whole crop resized; "center": centre-cropped or zero-padded, no scaling), channel `color`
+    order, per-channel (x - mean) / std, then, with `standardize`, per-image standardisation
+    (x - mean(x)) / max(std(x), 1/sqrt(x.size)) over all pixels and channels (FaceNet's prewhitening,
+    tf.image.per_image_standardization; a scalar mean/std before it changes nothing).
 
     mean and std are in the model's channel order (for color="BGR", mean[0] applies to blue).
     """
@@ -52,6 +57,8 @@ class Preprocess:
     color: str = "RGB"
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    standardize: bool = False
+    resize: str = "scale"
 
     def __post_init__(self):
         if not isinstance(self.size, (int, np.integer)) or isinstance(self.size, bool) or self.size < 8:
@@ -66,6 +73,18 @@ class Preprocess:
         if any(s == 0 for s in std):
             raise ModelError(f"preprocess.std must be non-zero, got {std}")
         object.__setattr__(self, "std", std)
+        if not isinstance(self.standardize, (bool, np.bool_)):
+            raise ModelError(f"preprocess.standardize must be true or false, got {self.standardize!r}")
+        object.__setattr__(self, "standardize", bool(self.standardize))
+        if self.resize not in RESIZE_RULES:
+            raise ModelError(f"preprocess.resize must be one of {', '.join(RESIZE_RULES)}, got {self.resize!r}")
+
+    def describe(self) -> str:
+        """One line: 'RGB 160x160 (scale), per-image standardisation' or 'RGB 112x112, mean .. std ..'."""
+        fit = f" ({self.resize} from 112)" if self.size != 112 else ""
+        norm = "per-image standardisation" if self.standardize else \
+            f"mean {[round(m, 4) for m in self.mean]} std {[round(v, 4) for v in self.std]}"
+        return f"{self.color} {self.size}x{self.size}{fit}, {norm}"
 
     def to_dict(self) -> dict:
         """JSON-able form (what ONNX metadata, cache sidecars and manifests store)."""
@@ -92,12 +111,39 @@ class Preprocess:
         """uint8 RGB (N, H, W, 3) -> float32 (N, 3, size, size) in the model's channel order."""
         faces = check_faces(faces)
         if faces.shape[1:3] != (self.size, self.size):
-            faces = resize_faces(faces, self.size)
+            faces = resize_faces(faces, self.size) if self.resize == "scale" else center_fit(faces, self.size)
         x = faces.astype(np.float32)
         if self.color == "BGR":
             x = x[..., ::-1]
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.standardize:
+            x = standardize_images(x)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def standardize_images(x):
+    """Per-image (x - mean) / max(std, 1/sqrt(n)) over all of an image's values (numpy or torch, batch first)."""
+    n = int(np.prod(x.shape[1:]))
+    axes = tuple(range(1, x.ndim))
+    if isinstance(x, np.ndarray):
+        mean = x.mean(axis=axes, keepdims=True)
+        std = np.maximum(x.std(axis=axes, keepdims=True), 1.0 / math.sqrt(n))
+        return ((x - mean) / std).astype(np.float32)
+    mean = x.mean(dim=axes, keepdim=True)
+    std = x.std(dim=axes, keepdim=True, unbiased=False).clamp_min(1.0 / math.sqrt(n))
+    return (x - mean) / std
+
+
+def center_fit(faces: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop (size < H) or zero-pad (size > H) square uint8 (N, H, H, 3) faces to (N, size, size, 3)."""
+    h = faces.shape[1]
+    if size <= h:
+        o = (h - size) // 2
+        return np.ascontiguousarray(faces[:, o:o + size, o:o + size])
+    out = np.zeros((faces.shape[0], size, size, 3), np.uint8)
+    o = (size - h) // 2
+    out[:, o:o + h, o:o + h] = faces
+    return out
 
 
 def check_faces(faces: np.ndarray) -> np.ndarray:

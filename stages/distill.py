@@ -29,8 +29,11 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
     from facepipe.pipeline.eval.evaluate import benchmark_inputs
 
     if cfg.data_free():  # training and held-out faces come from the teacher stage (pipeline/data/synthetic/datafree.py)
-        return {}
+        init = cfg.student_init_path()
+        return {"distill.student.init": init} if init is not None else {}
     inputs = {"data.train": cfg.train_path()}
+    if cfg.student_init_path() is not None:  # pretrained weights: their content is part of what is trained
+        inputs["distill.student.init"] = cfg.student_init_path()
     specs = eval_specs(cfg)
     root = cfg.data_root(required=False) if specs else None
     for spec in specs:

@@ -42,6 +42,10 @@ def run(ctx: StageContext) -> StageResult:
 
     cfg = ctx.config
     source = resolve_teacher(cfg.teacher, cfg.base_dir)
+    if source.warning():
+        from facepipe.pipeline.progress import console
+
+        console.print(f"[yellow]{source.warning()}[/]")
     embedder = source.load()
     check_teacher_dim(embedder, cfg.teacher)
     outputs: dict[str, Path] = {}

@@ -41,3 +41,23 @@ def warmed_tiny_facenet(images: torch.Tensor, seed: int = 0) -> TinyFaceNet:
     with torch.no_grad():
         model.train()(images)
     return model.eval()
+
+
+class FaceNetLike(nn.Module):
+    """A FaceNet-shaped stand-in (Inception-ResNet-v1's conventions, not its size): 160x160 input expected
+    per-image standardised, a residual block, global average pooling, a linear embedding, L2-normalised."""
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 5, 4, 2, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                   nn.Conv2d(16, 16, 3, 1, 1))
+        self.down = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
+        self.pool_bn = nn.BatchNorm1d(32)
+        self.linear = nn.Linear(32, dim)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + 0.3 * self.block(x))
+        x = self.pool_bn(self.down(x).mean(dim=(2, 3)))
+        return nn.functional.normalize(self.linear(x), dim=1)

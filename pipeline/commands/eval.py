@@ -47,6 +47,8 @@ def eval_command(
     cfg = load(config, set_)
     tcfg = cfg.teacher.model_copy(update={"source": model, "kind": kind, "arch": arch or cfg.teacher.arch})
     source = resolve_teacher(tcfg, cfg.base_dir)
+    if source.warning():
+        typer.secho(source.warning(), fg="yellow", err=True)
     embedder = source.load()
     specs = [s.strip() for s in benchmarks.split(",") if s.strip()] if benchmarks else list(cfg.data.benchmarks)
     if not specs:

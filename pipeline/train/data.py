@@ -110,4 +110,9 @@ def student_input(faces: torch.Tensor, device: torch.device, pre: Preprocess = S
         x = x.flip(1)
     mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    x = (x - mean) / std
+    if pre.standardize:
+        from ..embedder import standardize_images
+
+        x = standardize_images(x)
+    return x.contiguous()

@@ -112,6 +112,12 @@ def build_trainer(job: dict, env, device):
 
     seed_everything(cfg.run.seed)
     student = build_model(d.student.arch, embedding_size=d.student.embedding_size)
+    init_info = None
+    if d.student.init is not None:
+        from .init import init_student
+
+        init_info = init_student(student, cfg.student_init_path(), d.student.arch, d.student.embedding_size)
+        say(f"distill: student starts from {init_info['path']} ({init_info['format']}, {init_info['tensors']} tensors)")
     loss = build_weighted_loss(d.losses, num_classes=source.num_classes, embedding_size=d.student.embedding_size,
                                teacher_embedding_size=targets.dim)
     if loss.needs_centers:
@@ -152,5 +158,6 @@ def build_trainer(job: dict, env, device):
                       student_meta=meta, log=say)
     trainer.student_meta["fingerprint"] = trainer.fingerprint
     trainer.info = {"teacher_mode": choice.mode, "teacher_mode_reason": choice.reason,
-                    "skipped_images": skipped["count"], "skipped_first": skipped["first"]}
+                    "skipped_images": skipped["count"], "skipped_first": skipped["first"],
+                    "student_init": init_info}
     return trainer

@@ -58,7 +58,8 @@ def write_project(root: Path, ids: int = 4, per_id: int = 6, labels_tsv: dict | 
     jpeg = lambda img: cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()  # noqa: E731
     write_bin(data / "tiny.bin", [jpeg(bench.image(i)) for i in range(80)], [k % 2 == 0 for k in range(40)])
     torch.manual_seed(0)
-    torch.jit.save(torch.jit.trace(TinyNet(16).eval(), torch.zeros(1, 3, 112, 112)), str(root / "teacher.pt"))
+    torch.jit.save(torch.jit.trace(TinyNet(16).eval(), torch.zeros(1, 3, 112, 112)), str(root / "teacher.pt"),
+                   _extra_files={"facepipe.json": '{"preprocess": {"size": 112}}'})
     cfg = {"run": {"name": "t", "dir": "runs", "seed": 0},
            "data": {"root": "data", "train": "train", "benchmarks": ["tiny.bin"], "batch_size": 16},
            "teacher": {"source": "teacher.pt", "kind": "torchscript", "embedding_size": 16, "flip": True,
@@ -95,7 +96,8 @@ def test_distill_stage_end_to_end(tmp_path):
 
     student = load_checkpoint(out / "student.pt", STUDENT_KIND)
     assert (student["arch"], student["embedding_size"], student["step"]) == ("mobilefacenet", 16, 3)
-    assert student["preprocess"] == {"size": 112, "color": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3}
+    assert student["preprocess"] == {"size": 112, "color": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3,
+                                     "standardize": False, "resize": "scale"}
     assert len(student["fingerprint"]) == 64
     assert load_checkpoint(out / "best.pt", STUDENT_KIND)["best"]["metric"] == "tiny_accuracy"
     # the artifact carries what a runtime needs: it loads as a checkpoint "teacher" without the config

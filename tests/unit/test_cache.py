@@ -66,7 +66,7 @@ def save_teacher(path, seed=0):
 @pytest.fixture
 def teacher(tmp_path):
     path = save_teacher(tmp_path / "tiny.pt")
-    return resolve_teacher(TeacherConfig(source=str(path), embedding_size=16))
+    return resolve_teacher(TeacherConfig(source=str(path), embedding_size=16, preprocess={"size": 112}))
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def test_killed_build_is_not_reused(teacher, faces, tmp_path):
         from facepipe.pipeline.eval.cache import TeacherCache, cache_key
         from facepipe.pipeline.config import TeacherConfig
         from facepipe.pipeline.teachers import resolve_teacher
-        src = resolve_teacher(TeacherConfig(source={str(teacher.files[0])!r}, embedding_size=16))
+        src = resolve_teacher(TeacherConfig(source={str(teacher.files[0])!r}, embedding_size=16, preprocess={{"size": 112}}))
         faces = Faces(np.load({str(tmp_path / 'faces.npy')!r}), delay=0.5)
         TeacherCache.build(src.load(), faces, {str(cache_dir)!r}, cache_key(src, faces, False), batch_size=2,
                            show_progress=False)
@@ -266,7 +266,7 @@ def test_cli_cache_builds_then_reuses(teacher, faces, tmp_path, monkeypatch):
     app = typer.Typer()
     teacher_cmds.register(app)
     cfg = tmp_path / "pipeline.yaml"
-    cfg.write_text(f"run:\n  dir: runs\n  name: t1\nteacher:\n  source: {teacher.files[0]}\n  embedding_size: 16\n")
+    cfg.write_text(f"run:\n  dir: runs\n  name: t1\nteacher:\n  source: {teacher.files[0]}\n  embedding_size: 16\n  preprocess: {{size: 112}}\n")
     runner = CliRunner()
     r1 = runner.invoke(app, ["teacher", "cache", "-c", str(cfg)])
     assert r1.exit_code == 0, r1.output

@@ -51,7 +51,8 @@ def _same_size_jpegs(a: np.ndarray, b: np.ndarray) -> tuple[bytes, bytes]:
 def teacher(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "teacher.pt"
-    torch.jit.save(torch.jit.trace(TinyFaceNet().eval(), torch.zeros(1, 3, 112, 112)), str(path))
+    torch.jit.save(torch.jit.trace(TinyFaceNet().eval(), torch.zeros(1, 3, 112, 112)), str(path),
+                   _extra_files={"facepipe.json": '{"preprocess": {"size": 112}}'})
     return resolve_teacher(TeacherConfig(source=str(path), embedding_size=EMB))
 
 

@@ -131,7 +131,7 @@ def test_checkpoint_declared_preprocess_wins_over_conflicting_override(mfn, tmp_
     declared = Preprocess(color="BGR")
     torch.save({"model": mfn.state_dict(), "preprocess": declared.to_dict()}, path)
     src = resolve_teacher(TeacherConfig(source=str(path), arch="mobilefacenet", embedding_size=128))
-    assert src.preprocess == declared and src.declared == {"size", "color", "mean", "std"}
+    assert src.preprocess == declared and src.declared >= {"size", "color", "mean", "std", "standardize"}
     with pytest.raises(ModelError, match="teacher.preprocess.color='RGB' conflicts"):
         resolve_teacher(TeacherConfig(source=str(path), arch="mobilefacenet", embedding_size=128,
                                       preprocess=PreprocessOverride(color="RGB")))
@@ -141,13 +141,20 @@ def test_checkpoint_declared_preprocess_wins_over_conflicting_override(mfn, tmp_
 def test_torchscript(mfn, mfn_traced, fake_faces, tmp_path):
     path = tmp_path / "teacher.pt"
     torch.jit.save(mfn_traced, str(path))
-    cfg = TeacherConfig(source=str(path), embedding_size=128)
+    # A TorchScript module says nothing of its input: undeclared, it is refused (no silent 112 / 127.5 guess)
+    with pytest.raises(ModelError, match=r"declares no preprocessing and there is no honest guess.*"
+                                         r"teacher\.facepipe\.json.*teacher\.preprocess"):
+        resolve_teacher(TeacherConfig(source=str(path), embedding_size=128))
+    cfg = TeacherConfig(source=str(path), embedding_size=128, preprocess={"size": 112})  # declared by config
     src = resolve_teacher(cfg)
-    assert src.kind == "torchscript" and not src.declared
+    assert src.kind == "torchscript" and not src.declared and src.declared_by == "teacher.preprocess"
     assert_parity(load_teacher(cfg, threads=1).embed(fake_faces, batch_size=3), reference(mfn, fake_faces))
 
     with pytest.raises(ModelError, match="teacher teacher gives 128-d embeddings but teacher.embedding_size is 64"):
-        load_teacher(TeacherConfig(source=str(path), embedding_size=64))
+        load_teacher(TeacherConfig(source=str(path), embedding_size=64, preprocess={"size": 112}))
+    (tmp_path / "teacher.facepipe.json").write_text('{"preprocess": {"size": 112}}')  # or by a sidecar
+    src = resolve_teacher(TeacherConfig(source=str(path), embedding_size=128))
+    assert src.declared_by == "teacher.facepipe.json" and tmp_path / "teacher.facepipe.json" in src.files
 
     # preprocessing declared through an extra file; an override of an undeclared field would apply
     declared = tmp_path / "declared.pt"
@@ -465,6 +472,7 @@ def test_a_fake_torchscript_archive_gets_a_reason(tmp_path):
     with zipfile.ZipFile(fake, "w") as zf:
         zf.writestr("fake/code/__torch__.py", "")
         zf.writestr("fake/constants.pkl", b"")
+    (tmp_path / "fake.facepipe.json").write_text('{"preprocess": {"size": 112}}')
     src = resolve_teacher(TeacherConfig(source=str(fake), kind="torchscript", embedding_size=8))
     with pytest.raises(ModelError, match=r"torch\.jit\.load cannot read .*fake\.pt: \S+") as e:
         src.load()

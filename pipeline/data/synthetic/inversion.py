@@ -85,6 +85,9 @@ def _to_uint8(x: torch.Tensor, pre: Preprocess) -> np.ndarray:
 def invert_batch(model: nn.Module, losses: BNStatLoss, n: int, icfg: InversionConfig, pre: Preprocess,
                  seed: int, on_step=None) -> tuple[np.ndarray, list[float]]:
     """Optimise n images; returns uint8 RGB (n, S, S, 3) and the BN loss at each iteration."""
+    if pre.standardize:
+        raise ModelError("DeepInversion needs an invertible input mapping; per-image standardisation is not one: "
+                         "use quantize.data=synthetic or real")
     s = pre.size
     gen = torch.Generator().manual_seed(seed)
     rnd = random.Random(seed)
