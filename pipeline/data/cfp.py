@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..io import inside
-from .pairset import FaceReader, PairRef, load_pair_set
+from .pairset import FaceReader, PairRef, load_pair_set, read_list_lines
 from .types import VerificationSet
 
 PROTOCOLS = {"FF": ("F", "F"), "FP": ("F", "P")}  # which pair list each index of a split line reads
@@ -30,10 +30,7 @@ def required_files(root: Path, protocol: str) -> list[Path]:
 
 def read_pair_list_file(path: Path, root: Path) -> dict[int, Path]:
     """Pair_list_X.txt -> {index: image path}; paths are relative to Protocol/ and must stay under root."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the CFP pair list ({e})") from None
+    lines = read_list_lines(path, "CFP pair list")
     out: dict[int, Path] = {}
     for lineno, ln in enumerate(lines, 1):
         if not ln.strip():
@@ -51,10 +48,7 @@ def read_pair_list_file(path: Path, root: Path) -> dict[int, Path]:
 def read_split(path: Path, first: dict[int, Path], second: dict[int, Path], issame: bool, fold: int
                ) -> list[PairRef]:
     """One {same,diff}.txt of a fold: "i,j" lines into the two pair lists."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the CFP split file ({e})") from None
+    lines = read_list_lines(path, "CFP split file")
     out = []
     for lineno, ln in enumerate(lines, 1):
         if not ln.strip():

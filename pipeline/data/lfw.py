@@ -40,13 +40,10 @@ def _int_field(value: str, where: str, what: str) -> int:
 def read_pairs(path: str | os.PathLike) -> list[LfwPair]:
     """Parse an LFW pairs file: header "folds<TAB>n" (or just "n" for one fold), then per fold n matched
     lines "Name i j" and n mismatched lines "NameA i NameB j"."""
+    from .pairset import read_list_lines
+
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: pairs file not found; check the LFW root and the pairs file name") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read pairs file ({e})") from None
+    lines = read_list_lines(path, "pairs file", "; check the LFW root and the pairs file name")
     name = path.name
     if not lines or not lines[0].strip():
         raise DataError(f"{name} line 1: empty header; expected 'folds<TAB>pairs_per_half', e.g. '10<TAB>300'")

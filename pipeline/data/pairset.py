@@ -72,15 +72,20 @@ def _header(first: str) -> tuple[int, int] | None:
     return None
 
 
+def read_list_lines(path: Path, what: str, hint: str = "") -> list[str]:
+    """The lines of a list file (pairs, CFP lists); a missing or unreadable one is a DataError naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found{hint}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what} ({e})") from None
+
+
 def read_pair_list(pairs_file: str | os.PathLike, root: str | os.PathLike) -> list[PairRef]:
     """Parse a pairs list in any of the module's forms; image paths resolved under `root` (escapes refused)."""
     pairs_file, root = Path(pairs_file), Path(root)
-    try:
-        lines = pairs_file.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{pairs_file}: pairs file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{pairs_file}: cannot read pairs file ({e})") from None
+    lines = read_list_lines(pairs_file, "pairs file")
     body = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip() and not ln.lstrip().startswith("#")]
     if not body:
         raise DataError(f"{pairs_file}: no pairs in it")
