@@ -206,3 +206,25 @@ def test_unavailable_devices_are_typed_errors(mfn, plain_onnx):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider"):
             OnnxRuntimeEmbedder(plain_onnx, preprocess=Preprocess(), providers=ort_providers("cuda:0"))
+
+
+def test_standardize_and_center_fit_are_one_rule_for_numpy_and_torch():
+    import torch
+
+    from facepipe.pipeline.embedder import Preprocess, center_fit, standardize_images
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    faces[2] = 7  # a flat image: std 0, the 1/sqrt(n) floor keeps it finite
+    x = Preprocess(standardize=True)(faces)
+    assert np.isfinite(x).all() and np.allclose(x[:2].mean(axis=(1, 2, 3)), 0, atol=1e-5)
+    assert np.allclose(x[:2].std(axis=(1, 2, 3)), 1, atol=1e-4)
+    t = standardize_images(torch.from_numpy(faces.astype(np.float32)).permute(0, 3, 1, 2))
+    assert np.allclose(t.numpy(), x, atol=1e-5)  # the training path applies the same formula
+    padded = Preprocess(size=128, resize="center")(faces)
+    assert padded.shape == (3, 3, 128, 128) and np.allclose(padded[0, :, :8, :], -1.0)  # black border
+    assert np.array_equal(center_fit(faces, 96), faces[:, 8:104, 8:104])
+    old = {"size": 112, "color": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3}  # metadata of older exports
+    assert Preprocess.from_dict(old) == Preprocess()
+    with pytest.raises(ModelError, match="preprocess.resize must be one of scale, center"):
+        Preprocess(resize="stretch")
