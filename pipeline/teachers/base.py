@@ -49,8 +49,8 @@ def sidecar_path(model: Path) -> Path | None:
     return None
 
 
-def read_sidecar(path: Path) -> dict:
-    """{"preprocess": Preprocess | None, "embedding_size", "normalized"} of a facepipe.json (ModelError if bad)."""
+def read_sidecar(path: Path) -> Preprocess | None:
+    """The preprocessing a facepipe.json declares (None when it has no 'preprocess'); ModelError if bad."""
     import json
 
     try:
@@ -62,10 +62,8 @@ def read_sidecar(path: Path) -> dict:
     unknown = sorted(set(doc) - {"preprocess", "embedding_size", "normalized", "note"})
     if unknown:
         raise ModelError(f"{path}: unknown keys {unknown} (known: preprocess, embedding_size, normalized, note)")
-    pre = doc.get("preprocess")
     try:
-        return {"preprocess": None if pre is None else Preprocess.from_dict(pre),
-                "embedding_size": doc.get("embedding_size"), "normalized": doc.get("normalized")}
+        return None if doc.get("preprocess") is None else Preprocess.from_dict(doc["preprocess"])
     except ModelError as e:
         raise ModelError(f"{path}: {e}") from None
 
@@ -92,7 +90,7 @@ def declare_preprocess(model: Path | None, artifact: Preprocess | None, artifact
     if artifact is not None:
         return Declared(resolve_preprocess(artifact, set(ALL_FIELDS), override, where), ALL_FIELDS, artifact_by)
     if side is not None:
-        pre = read_sidecar(side)["preprocess"]
+        pre = read_sidecar(side)
         if pre is not None:
             return Declared(resolve_preprocess(pre, set(ALL_FIELDS), override, str(side)), ALL_FIELDS, side.name,
                             sidecar=side)
@@ -108,15 +106,6 @@ def declare_preprocess(model: Path | None, artifact: Preprocess | None, artifact
                          f"colour order, normalisation): declare it in {stem}{SIDECAR_SUFFIX} beside the model "
                          '(e.g. {"preprocess": {"size": 160, "standardize": true}}) or set teacher.preprocess')
     return Declared(guess[0], fixed, f"guess: {guess[1]}", guess=guess[1], sidecar=side)
-
-
-def guess_warning(name: str, declared: "Declared") -> str | None:
-    """The one warning line for a guessed preprocessing (None when declared)."""
-    if declared.guess is None:
-        return None
-    return (f"warning: teacher {name} declares no preprocessing; guessed {declared.preprocess.describe()} "
-            f"({declared.guess}). If that is wrong its numbers are too: declare it in <model>{SIDECAR_SUFFIX}, "
-            "ONNX metadata or teacher.preprocess")
 
 
 # --- sources --------------------------------------------------------------------------------------
@@ -175,7 +164,6 @@ class TeacherSource(ABC):
                 "preprocess_by": self.declared_by, "preprocess_guess": self.guess,
                 "embedding_size": self.cfg.embedding_size, "fingerprint": self.fingerprint()}
 
-
     def with_declared(self, d: "Declared") -> "TeacherSource":
         """Apply a settled preprocessing (and its sidecar, which becomes one of the defining files)."""
         self.preprocess, self.declared, self.declared_by, self.guess = d.preprocess, set(d.fixed), d.by, d.guess
@@ -185,9 +173,12 @@ class TeacherSource(ABC):
         return self
 
     def warning(self) -> str | None:
-        """One line when the preprocessing is a guess (eval and the teacher stage print it)."""
-        return guess_warning(self.name, Declared(self.preprocess, frozenset(self.declared), self.declared_by,
-                                                 self.guess))
+        """One line when the preprocessing is a guess (eval and the teacher stage print it); None when declared."""
+        if self.guess is None:
+            return None
+        return (f"warning: teacher {self.name} declares no preprocessing; guessed {self.preprocess.describe()} "
+                f"({self.guess}). If that is wrong its numbers are too: declare it in <model>{SIDECAR_SUFFIX}, "
+                "ONNX metadata or teacher.preprocess")
 
 
 TEACHER_SOURCES: Registry[type[TeacherSource]] = Registry("teacher kind")
