@@ -129,13 +129,17 @@ def parity_faces_origin(cfg) -> str:
 def parity_faces(cfg, n: int) -> tuple[np.ndarray, str]:
     """(faces, source description): the first `n` faces of the first benchmark in data.benchmarks, loaded by
     the benchmark loaders; synthetic faces (and the reason) when there is no such data."""
+    return benchmark_faces(list(cfg.data.benchmarks), cfg.data_root(required=False), n)
+
+
+def benchmark_faces(specs: list[str], root, n: int) -> tuple[np.ndarray, str]:
+    """parity_faces for benchmark specs and a data root (None: unset) instead of a config."""
     from facepipe.pipeline.eval.datasets import resolve_benchmark
 
-    specs = list(cfg.data.benchmarks)
     if not specs:
         return synthetic_faces(n), "synthetic (data.benchmarks is empty)"
     try:
-        bench = resolve_benchmark(specs[0], cfg.data_root(required=False))
+        bench = resolve_benchmark(specs[0], root)
         data = bench.load(on_error="skip")
     except FacepipeError as e:
         return synthetic_faces(n), f"synthetic ({specs[0]} unavailable: {first_line(e)})"

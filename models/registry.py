@@ -11,12 +11,14 @@ from facepipe.pipeline.registry import Registry
 
 from . import iresnet
 from .mobilefacenet import MobileFaceNet
+from .onnx_graph import ARCH as ONNX_GRAPH, OnnxGraphNet
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
 
 MODELS.register("mobilefacenet", MobileFaceNet)
 for _name in iresnet.DEPTHS:
     MODELS.register(_name, getattr(iresnet, _name))
+MODELS.register(ONNX_GRAPH, OnnxGraphNet)  # an imported ONNX graph: built from its spec (arch_kwargs graph=...)
 
 
 def build_model(arch: str, embedding_size: int = 512, **kwargs) -> nn.Module:

@@ -146,6 +146,9 @@ class InversionConfig(Section):
 
 class QuantizeConfig(Section):
     enabled: bool = True
+    # the fp32 model: null -> the distill stage's student; else any model facepipe loads (a teacher.source
+    # string: an .onnx, an insightface pack, sface, a checkpoint), imported and checked against its runtime
+    model: str | None = None
     backend: Literal["own", "nncf"] = "own"  # own fake-quant (any bits) | nncf (8-bit only, needs nncf)
     wbits: int = Field(default=8, ge=2, le=8)
     abits: int = Field(default=8, ge=2, le=8)
@@ -164,6 +167,9 @@ class QuantizeConfig(Section):
     overflow_fix: bool | Literal["auto"] = "auto"
     weight_symmetric: bool = True  # weights: zero point 0 (TensorRT needs it); activations asymmetric
     act_symmetric: bool = False
+    # per-layer bits: {layer name or fnmatch pattern | first | last: bits | {wbits, abits}} (layers as named in
+    # quant_spec.json), e.g. {first: 8, last: 8} keeps the stem conv and the embedding layer at 8 bits
+    layer_bits: dict[str, int | dict[str, int]] = {}
     benchmarks: list[str] | None = None  # accuracy of fp32 / PTQ / QAT; null: data.benchmarks
     inversion: InversionConfig = InversionConfig()
 

@@ -44,6 +44,8 @@ class StageSpec:
     # values the stage derives from the config and this machine (e.g. a weight range chosen from the CPU's
     # ISA): they enter the fingerprint beside the config, so another machine's choice is never reused
     derived: Callable[["PipelineConfig"], dict] | None = None
+    # the subset of `after` this config actually reads (None: all): quantize.model makes distill no upstream
+    upstream: Callable[["PipelineConfig"], tuple[str, ...]] | None = None
 
 
 def stage_code(spec: StageSpec) -> list[str]:
@@ -177,7 +179,8 @@ class _Assessment:
 
 def _upstreams(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSpec]) -> list[str]:
     """Upstream stages that exist and are enabled (a disabled or absent upstream contributes no inputs)."""
-    return [u for u in spec.after if u in stages and stages[u].enabled(cfg)]
+    wanted = spec.after if spec.upstream is None else spec.upstream(cfg)
+    return [u for u in spec.after if u in wanted and u in stages and stages[u].enabled(cfg)]
 
 
 def _assess(spec: StageSpec, cfg: "PipelineConfig", stages: Mapping[str, StageSpec], cache: HashCache,

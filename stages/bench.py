@@ -18,7 +18,8 @@ from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, regis
 
 def artifact_inputs(cfg: PipelineConfig, inputs: dict[str, Path]) -> dict[str, Path | None]:
     """bench.formats key -> its artifact among the stage inputs (None when it was not produced)."""
-    return {key: inputs.get("distill.student" if key == "torch" else f"export.{key}") for key in cfg.bench.formats}
+    fp32 = "quantize.fp32" if cfg.quantize.model else "distill.student"
+    return {key: inputs.get(fp32 if key == "torch" else f"export.{key}") for key in cfg.bench.formats}
 
 
 def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
@@ -63,4 +64,6 @@ def derived(cfg: PipelineConfig) -> dict:
 
 SPEC = register_stage(StageSpec(
     name="bench", run=run, sections=("bench", "data.benchmarks", "data.root", "data.on_error"),
-    after=("distill", "export"), external_inputs=external_inputs, derived=derived))
+    after=("distill", "quantize", "export"),
+    upstream=lambda cfg: ("quantize", "export") if cfg.quantize.model else ("distill", "export"),
+    external_inputs=external_inputs, derived=derived))

@@ -43,7 +43,7 @@ def make_plan(cfg: PipelineConfig, inputs: dict, out_dir, formats: list[str] | N
     from facepipe.pipeline.device import resolve_device
 
     return ExportPlan(formats=formats if formats is not None else plan_formats(cfg), out_dir=out_dir,
-                      student=inputs.get("distill.student"),
+                      student=inputs.get("quantize.fp32" if cfg.quantize.model else "distill.student"),
                       qmodel=inputs.get("quantize.qmodel") or inputs.get("quantize.qstudent"),
                       onnx_int8=inputs.get("quantize.onnx_int8"), no_qmodel_reason=no_qmodel_reason(cfg),
                       opset=cfg.export.opset, atol=cfg.export.atol,
@@ -113,6 +113,7 @@ def derived(cfg: PipelineConfig) -> dict:
 
 SPEC = register_stage(StageSpec(
     name="export", run=run, after=("distill", "quantize"),
+    upstream=lambda cfg: ("quantize",) if cfg.quantize.model else ("distill", "quantize"),
     # run.device / run.threads pick the runtime's device and threads; data.* the parity faces
     sections=("export", "run.device", "run.threads", "data.benchmarks", "data.root", "data.on_error"),
     external_inputs=external_inputs, derived=derived))

@@ -109,7 +109,22 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     bits = check_bits(bits)
     if torch.is_grad_enabled() and x.requires_grad:
         return _FakeQuantize.apply(x, scale.detach(), zero_point.detach(), bits, axis)
-    return dequantize(quantize(x, scale, zero_point, bits, axis), scale, zero_point, axis)
+    return _fake_quantize_inplace(x, scale, zero_point, bits, axis)
+
+
+def _fake_quantize_inplace(x, scale, zero_point, bits, axis):
+    """dequantize(quantize(x)) bit for bit, in four in-place passes over one buffer (the eval hot path: the
+    unfused form spent 70 % of a fake-quant SFace forward in elementwise ops). Exact because q - z, the clamp
+    and q + z act on small whole numbers, which float32 holds exactly: clip(round(r) - z, lo, hi) + z ==
+    clip(round(r), lo + z, hi + z)."""
+    lo, hi = qrange(bits)
+    s, z = _along(scale, x, axis), _along(zero_point, x, axis)
+    r = torch.div(x, s).round_()
+    if z.dim() == 0:
+        r.clamp_(lo + float(z), hi + float(z))
+    else:
+        r = torch.maximum(torch.minimum(r, z + hi), z + lo)
+    return r.mul_(s)
 
 
 def to_onnx_qparams(scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

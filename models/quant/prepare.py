@@ -20,17 +20,19 @@ from .modules import QUANT_LAYERS, ActQuantizer, QConv2d, QLinear, WeightQuantiz
 
 PLACEMENT = ("input of every Conv2d/Linear quantized per tensor, weights per output channel; "
              "PReLU and residual add run in float")
-SUPPORTED_MODULES = (nn.Conv2d, nn.Linear, nn.PReLU, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.Flatten)
+# run in float between the quantized layers (ChannelAffine is defined below: added to the tuple there)
+SUPPORTED_MODULES = (nn.Conv2d, nn.Linear, nn.PReLU, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.Flatten,
+                     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-SUPPORTED_FUNCTIONS = {operator.add, operator.iadd, operator.mul, operator.getitem, torch.add, torch.mul,
+SUPPORTED_FUNCTIONS = {operator.add, operator.iadd, operator.mul, operator.sub, operator.truediv, operator.getitem,
+                       torch.add, torch.mul, torch.sub,
                        torch.flatten, torch.reshape, torch.nn.functional.relu, torch.nn.functional.relu6}
 SUPPORTED_METHODS = {"add", "add_", "mul", "flatten", "view", "reshape", "size", "contiguous"}
 
 
 def _supported_text() -> str:
     mods = ", ".join(m.__name__ for m in SUPPORTED_MODULES + BATCHNORMS)
-    return f"supported layers: {mods} (BatchNorm only directly after a Conv2d/Linear); " \
-           "supported functions: add, mul, flatten, reshape/view, relu"
+    return f"supported layers: {mods}; supported functions: add, sub, mul, div, flatten, reshape/view, relu"
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -58,11 +60,52 @@ def _fold_into(layer: nn.Conv2d | nn.Linear, bn: nn.modules.batchnorm._BatchNorm
         layer.bias.copy_(new_bias)
 
 
-def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
+class ChannelAffine(nn.Module):
+    """A BatchNorm that has no Conv2d / Linear of its own to fold into (iresnet's pre-activation BN, SFace's BN
+    after the last PReLU), as the per-channel y = x * scale + shift it computes in eval mode. It runs in float,
+    as the deployment runtimes run such a BN, and QAT may fine-tune it like a PReLU slope."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.scale = nn.Parameter(scale.detach().clone())
+        self.shift = nn.Parameter(shift.detach().clone())
+
+    @classmethod
+    @torch.no_grad()
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm) -> "ChannelAffine":
+        var, mean = bn.running_var.double(), bn.running_mean.double()
+        gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+        beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+        k = gamma / torch.sqrt(var + bn.eps)
+        return cls(k.float(), (beta - mean * k).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.scale.numel()}"
+
+
+def _foldable_into(gm: fx.GraphModule, node: fx.Node, bn) -> str | None:
+    """Why the BatchNorm at `node` cannot be folded into the layer before it (None: it can)."""
+    prev = node.args[0] if node.args else None
+    want = nn.Conv2d if isinstance(bn, nn.BatchNorm2d) else nn.Linear
+    if not (isinstance(prev, fx.Node) and prev.op == "call_module"
+            and isinstance(gm.get_submodule(prev.target), want)):
+        src = (prev.target if prev.op == "call_module" else prev.name) if isinstance(prev, fx.Node) else prev
+        return f"it follows {src!r}, not a {want.__name__}"
+    if len(prev.users) != 1:
+        return f"its {want.__name__} '{prev.target}' also feeds other layers"
+    return None
+
+
+def fold_batchnorm(model: nn.Module, *, report: list | None = None) -> fx.GraphModule:
     """A traced copy of `model` (eval semantics) with every BatchNorm folded into the Conv2d/Linear before it.
 
-    A BatchNorm must directly follow a Conv2d (BatchNorm2d) or Linear (BatchNorm1d) that has no other user;
-    anything else raises ModelError naming the BatchNorm. The input model is not modified.
+    A BatchNorm that directly follows a Conv2d (BatchNorm2d) or Linear (BatchNorm1d) with no other user is
+    folded; any other becomes a ChannelAffine that runs in float (its why is appended to `report`). A BatchNorm
+    without running statistics raises ModelError naming it. The input model is not modified.
     """
     model = copy.deepcopy(model).eval()
     gm = _trace(model)
@@ -71,19 +114,17 @@ def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
             continue
         bn = gm.get_submodule(node.target)
         what = f"BatchNorm layer '{node.target}' ({type(bn).__name__})"
-        prev = node.args[0] if node.args else None
-        want = nn.Conv2d if isinstance(bn, nn.BatchNorm2d) else nn.Linear
-        if not (isinstance(prev, fx.Node) and prev.op == "call_module"
-                and isinstance(gm.get_submodule(prev.target), want)):
-            src = (prev.target if prev.op == "call_module" else prev.name) if isinstance(prev, fx.Node) else prev
-            raise ModelError(f"{what} follows {src!r}, not a {want.__name__}: it cannot be folded; "
-                             "put every BatchNorm directly after a Conv2d/Linear. " + _supported_text())
-        if len(prev.users) != 1:
-            raise ModelError(f"{what} cannot be folded: its {want.__name__} '{prev.target}' also feeds other "
-                             "layers; give the BatchNorm its own conv")
         if bn.running_mean is None or bn.running_var is None:
             raise ModelError(f"{what} has no running statistics (track_running_stats=False): it cannot be "
                              "folded; build it with track_running_stats=True")
+        why = _foldable_into(gm, node, bn)
+        if why is not None:
+            parent, _, leaf = node.target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, leaf, ChannelAffine.from_batchnorm(bn))
+            if report is not None:
+                report.append(f"{what} kept as a float per-channel affine: {why}")
+            continue
+        prev = node.args[0]
         _fold_into(gm.get_submodule(prev.target), bn)
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
@@ -91,6 +132,9 @@ def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
     gm.recompile()
     gm.delete_all_unused_submodules()
     return gm.eval()
+
+
+SUPPORTED_MODULES = (*SUPPORTED_MODULES, ChannelAffine)
 
 
 def _check_supported(gm: fx.GraphModule) -> None:
@@ -122,10 +166,15 @@ class QuantizedModel(nn.Module):
     """A BN-folded network with fake-quantized Conv2d/Linear layers (see modules.py for the placement)."""
 
     def __init__(self, net: fx.GraphModule, wbits: int, abits: int, weight_symmetric: bool, act_symmetric: bool,
-                 arch: str | None = None, embedding_size: int | None = None):
+                 arch: str | None = None, embedding_size: int | None = None, *,
+                 layer_bits: dict[str, tuple[int, int]] | None = None, arch_kwargs: dict | None = None,
+                 float_batchnorms: list[str] | None = None):
         super().__init__()
         self.net = net
         self.wbits, self.abits = wbits, abits
+        self.layer_bits = {k: (int(v[0]), int(v[1])) for k, v in (layer_bits or {}).items()}
+        self.arch_kwargs = arch_kwargs  # what rebuilds `arch` (an imported ONNX graph's spec), JSON-able
+        self.float_batchnorms = list(float_batchnorms or [])
         self.weight_symmetric, self.act_symmetric = weight_symmetric, act_symmetric
         self.arch, self.embedding_size = arch, embedding_size
         self.preprocess: dict | None = None  # set when loaded from a checkpoint; written back on save
@@ -145,7 +194,18 @@ class QuantizedModel(nn.Module):
     def settings(self) -> dict:
         """The quantization settings (JSON-able)."""
         return {"wbits": self.wbits, "abits": self.abits, "weight_symmetric": self.weight_symmetric,
-                "act_symmetric": self.act_symmetric, "bn": "folded", "placement": PLACEMENT}
+                "act_symmetric": self.act_symmetric,
+                "layer_bits": {k: list(v) for k, v in self.layer_bits.items()},
+                "bn": "folded" + (f"; {len(self.float_batchnorms)} kept in float" if self.float_batchnorms else ""),
+                "placement": PLACEMENT}
+
+    def mean_weight_bits(self) -> float:
+        """Weight bits averaged over the quantized weights (what mixed precision costs per weight)."""
+        n = bits = 0
+        for m in self.quant_layers().values():
+            n += m.weight.numel()
+            bits += m.weight.numel() * m.weight_quant.bits
+        return bits / n if n else float(self.wbits)
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor], reset: bool = True) -> int:
@@ -235,29 +295,47 @@ class QuantizedModel(nn.Module):
 
 def prepare_quantized(model: nn.Module, wbits: int, abits: int, weight_symmetric: bool = True,
                       act_symmetric: bool = False, *, arch: str | None = None,
-                      embedding_size: int | None = None) -> QuantizedModel:
+                      embedding_size: int | None = None, layer_bits: dict | None = None,
+                      arch_kwargs: dict | None = None) -> QuantizedModel:
     """Fold BN, then replace every Conv2d/Linear with QConv2d/QLinear (wbits weights, abits inputs).
 
-    `arch` / `embedding_size` (used when saving) default to the registry name of the model's class and its
-    `embedding_size` attribute. Bits outside 2..8 raise ConfigError; unsupported layers raise ModelError.
+    `layer_bits`: quantize.layer_bits patterns ({'first': 8, 'layers.conv_*': {'wbits': 8}}, see layer_bits.py)
+    or resolved {name: (wbits, abits)}. `arch` / `embedding_size` / `arch_kwargs` (used when saving) default
+    to the registry name of the model's class, its `embedding_size` and `arch_kwargs` attributes. Bits outside
+    2..8 raise ConfigError; unsupported layers raise ModelError.
     """
+    from .layer_bits import resolve_layer_bits
+
     wbits, abits = check_bits(wbits, "wbits"), check_bits(abits, "abits")
-    gm = fold_batchnorm(model)
+    kept: list[str] = []
+    gm = fold_batchnorm(model, report=kept)
     _check_supported(gm)
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        m = gm.get_submodule(node.target)
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            cls = QConv2d if isinstance(m, nn.Conv2d) else QLinear
-            try:
-                q = cls(m, wbits, abits, weight_symmetric, act_symmetric)
-            except ModelError as e:
-                raise ModelError(f"layer '{node.target}': {e}") from None
-            parent, _, leaf = node.target.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, leaf, q)
+    weighted = [n.target for n in gm.graph.nodes
+                if n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.Conv2d, nn.Linear))]
+    resolved = resolve_layer_bits(weighted, _as_patterns(layer_bits), wbits, abits)
+    for name in weighted:
+        m = gm.get_submodule(name)
+        cls = QConv2d if isinstance(m, nn.Conv2d) else QLinear
+        w, a = resolved.get(name, (wbits, abits))
+        try:
+            q = cls(m, w, a, weight_symmetric, act_symmetric)
+        except ModelError as e:
+            raise ModelError(f"layer '{name}': {e}") from None
+        parent, _, leaf = name.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, q)
     gm.recompile()
     arch = arch if arch is not None else _infer_arch(model)
     if embedding_size is None:
         embedding_size = getattr(model, "embedding_size", None)
-    return QuantizedModel(gm, wbits, abits, bool(weight_symmetric), bool(act_symmetric), arch, embedding_size)
+    if arch_kwargs is None:
+        arch_kwargs = getattr(model, "arch_kwargs", None)
+    return QuantizedModel(gm, wbits, abits, bool(weight_symmetric), bool(act_symmetric), arch, embedding_size,
+                          layer_bits=resolved, arch_kwargs=arch_kwargs, float_batchnorms=kept)
+
+
+def _as_patterns(layer_bits: dict | None) -> dict | None:
+    """Resolved {name: (w, a)} pairs (a saved model's settings) as the {name: {wbits, abits}} patterns they are."""
+    if not layer_bits:
+        return None
+    return {k: ({"wbits": int(v[0]), "abits": int(v[1])} if isinstance(v, (list, tuple)) else v)
+            for k, v in layer_bits.items()}

@@ -42,6 +42,22 @@ def _overrides(set_: Optional[list[str]], bits, wbits, abits, mode, data, data_p
     return out
 
 
+def _layer_bits(items: Optional[list[str]]) -> list[str]:
+    """--layer-bits LAYER=BITS (repeatable) as one quantize.layer_bits override (it replaces the config's)."""
+    import json
+
+    if not items:
+        return []
+    table = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name.strip() or not value.strip().isdigit():
+            raise ConfigError(f"--layer-bits {item!r}: expected LAYER=BITS, e.g. first=8 or 'layers.conv_1*'=8")
+        _check_bits("--layer-bits", int(value))
+        table[name.strip()] = int(value)
+    return [f"quantize.layer_bits={json.dumps(table)}"]  # JSON is YAML: layer names may hold dots
+
+
 def quantize_command(
     config: Path = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
@@ -54,16 +70,42 @@ def quantize_command(
                                              "synthetic); synthetic without it uses the packaged DCGAN."),
     steps: Optional[int] = typer.Option(None, "--steps", min=0, help="QAT optimizer steps."),
     backend: Optional[str] = typer.Option(None, "--backend", help="own (any bits) | nncf (8-bit, needs nncf)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Quantize this model instead of the distilled "
+                                        "student (quantize.model): an .onnx, an insightface pack, sface, a "
+                                        "checkpoint. ONNX is imported into torch and checked against ONNX Runtime."),
+    layer_bits: Optional[list[str]] = typer.Option(None, "--layer-bits", help="Per-layer bits LAYER=BITS "
+                                                   "(repeatable; quantize.layer_bits), e.g. first=8 last=8."),
     student: Optional[Path] = typer.Option(None, "--student", help="Standalone: the student.pt to quantize."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Standalone: output folder (with --student)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Standalone: output folder (with --student or --model)."),
     restart: bool = typer.Option(False, "--restart", help="Discard an unfinished QAT checkpoint and start over."),
 ):
     from rich.console import Console
 
-    cfg = load(config, _overrides(set_, bits, wbits, abits, mode, data, data_path, steps, backend))
+    from ..quant.job import CHECKPOINT, check_config
+
+    over = _overrides(set_, bits, wbits, abits, mode, data, data_path, steps, backend)
+    if model is not None:
+        over.append(f"quantize.model={model!r}")
+    over += _layer_bits(layer_bits)
+    cfg = load(config, over)
     console = Console()
     say = lambda msg: console.print(msg, markup=False, highlight=False)  # noqa: E731
-    if (student is None) != (out is None):
+    if student is not None and model is not None:
+        raise ConfigError("--student and --model both name the model to quantize: give one")
+    if out is not None and student is None and model is None:
+        raise ConfigError("--out needs --student PATH or --model MODEL (the model to quantize standalone)")
+    if model is not None and out is not None:
+        from ..quant.job import CHECKPOINT, load_configured_model, quantize_model
+        from ..quant.plan import QuantPlan
+
+        if restart:
+            (out / CHECKPOINT).unlink(missing_ok=True)
+        plan = QuantPlan.from_config(cfg)
+        check_config(plan)
+        quantize_model(plan, load_configured_model(plan, model, say=say), out, say=say)
+        say(f"quantize: wrote {out}")
+        return
+    if student is not None and out is None:
         raise ConfigError("--student and --out go together: --student PATH --out DIR quantizes one student.pt "
                           "without the pipeline")
     if student is not None:
@@ -76,7 +118,6 @@ def quantize_command(
         quantize_student(QuantPlan.from_config(cfg), student, out, say=say)
         say(f"quantize: wrote {out}")
         return
-    from ..quant.job import CHECKPOINT, check_config
     from ..quant.plan import QuantPlan
     from ..runner import outcomes_table, run_pipeline
 
@@ -86,8 +127,9 @@ def quantize_command(
     if restart:
         (cfg.run_dir() / "quantize" / CHECKPOINT).unlink(missing_ok=True)
     record: list = []
-    try:
-        run_pipeline(cfg, to="quantize", force=("quantize",) if restart else (), record=record, log=say)
+    try:  # a given model (quantize.model) needs no teacher or distill stage
+        run_pipeline(cfg, from_="quantize" if cfg.quantize.model else None, to="quantize",
+                     force=("quantize",) if restart else (), record=record, log=say)
     finally:
         if record:
             console.print(outcomes_table(record, title="facepipe quantize"))

@@ -23,6 +23,8 @@ from ..io import atomic_write_json
 SPEC_FILE = "quant_spec.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT = "checkpoints/last.pt"
+FP32_FILE = "fp32.pt"  # an imported model (quantize.model) in student.pt format, for `facepipe export --model`
+IMPORT_PARITY_FACES = 64  # real faces an imported model must match its runtime on before it is quantized
 COSINE_FACES = 512  # calibration faces compared with fp32 when no benchmark is available
 NEUTRAL_KEYS = ("enabled", "benchmarks")  # quantize keys that do not change the trained weights
 
@@ -30,6 +32,8 @@ NEUTRAL_KEYS = ("enabled", "benchmarks")  # quantize keys that do not change the
 def check_config(plan: QuantPlan) -> None:
     """Combinations the field validators cannot see (raised before any work)."""
     q = plan.q
+    if q.backend == "nncf" and q.layer_bits:
+        raise ConfigError("quantize.layer_bits needs quantize.backend=own (nncf quantizes every layer at 8 bits)")
     if q.backend == "nncf" and (q.wbits, q.abits) != (8, 8):
         raise ConfigError(f"quantize.backend=nncf supports 8-bit weights and activations only (got "
                           f"wbits={q.wbits}, abits={q.abits}): use quantize.backend=own for other bit widths")
@@ -68,6 +72,11 @@ def weight_range(plan: QuantPlan, isa: dict | None = None) -> dict:
     at_risk = saturates_without_vnni(q.wbits, q.abits)
     on = at_risk and (q.overflow_fix is True or (q.overflow_fix == "auto" and x86_without_vnni(isa)))
     bits = safe_weight_bits(q.wbits, q.abits) if on else q.wbits
+    fix_active = q.overflow_fix is True or (q.overflow_fix == "auto" and x86_without_vnni(isa))
+    layer_bits = {}
+    for key, value in q.layer_bits.items():  # per-layer overrides get the same treatment as the model-wide bits
+        w, a = (value, value) if isinstance(value, int) else (value.get("wbits", q.wbits), value.get("abits", q.abits))
+        layer_bits[key] = {"wbits": safe_weight_bits(w, a) if fix_active else w, "abits": a}
     if on:
         by = "quantize.overflow_fix=true" if q.overflow_fix is True else f"this CPU: {isa.get('summary')}"
         why = (f"{q.wbits}-bit weights x {q.abits}-bit activations can saturate int8 kernels without VNNI; "
@@ -79,7 +88,7 @@ def weight_range(plan: QuantPlan, isa: dict | None = None) -> dict:
                f"this CPU has VNNI ({isa.get('summary')})") + "; on an x86 CPU without VNNI their int8 "
                "kernels may saturate (set quantize.overflow_fix=true for such targets)")
     return {"wbits": q.wbits, "weight_bits": bits, "overflow_fix": on, "setting": q.overflow_fix,
-            "cpu_isa": isa.get("summary"), "reason": why}
+            "cpu_isa": isa.get("summary"), "reason": why, "layer_bits": layer_bits}
 
 
 def quantize_models(plan: QuantPlan, student, faces: np.ndarray, ckpt, wrange: dict) -> tuple[Any, Any, Any]:
@@ -96,8 +105,8 @@ def quantize_models(plan: QuantPlan, student, faces: np.ndarray, ckpt, wrange: d
         start = copy.deepcopy(ptq)
     else:
         start = calibrated(student, faces, wrange["weight_bits"], q.abits, calib_images=q.calib_images,
-                           batch_size=q.batch_size,
-                           weight_symmetric=q.weight_symmetric, act_symmetric=q.act_symmetric)
+                           batch_size=q.batch_size, weight_symmetric=q.weight_symmetric,
+                           act_symmetric=q.act_symmetric, layer_bits=wrange.get("layer_bits") or None)
         ptq = copy.deepcopy(start)
         ptq.freeze_activations()
     if q.mode != "qat" or q.steps == 0:
@@ -120,6 +129,10 @@ def write_artifacts(plan: QuantPlan, final, student, meta: dict, out_dir: Path) 
     files = {"qstudent": save_quantized(out_dir / "qstudent.pt", final, meta), "spec": out_dir / SPEC_FILE,
              "packed": out_dir / f"qstudent.w{meta['weight_range']['weight_bits']}.fpq"}
     write_packed(files["packed"], final)
+    if student.origin != "facepipe student":  # the fp32 model as a student.pt: export builds its fp32 formats
+        from .fpmodel import write_fp32_checkpoint
+
+        files["fp32"] = write_fp32_checkpoint(out_dir / FP32_FILE, student)
     return files
 
 
@@ -141,6 +154,15 @@ def measure(plan: QuantPlan, student, models: dict, faceset) -> tuple[dict, dict
     return accuracy, cosines
 
 
+def bits_label(wbits: int, abits: int, layer_bits: dict | None) -> str:
+    """'6/6', or '6/6 (2 layers 8/8)' for a mixed-precision model."""
+    from collections import Counter
+
+    groups = Counter(f"{w}/{a}" for w, a in (layer_bits or {}).values())
+    more = ", ".join(f"{n} layer{'s' if n > 1 else ''} {b}" for b, n in groups.items())
+    return f"{wbits}/{abits}" + (f" ({more})" if more else "")
+
+
 def model_rows(plan: QuantPlan, models: dict, sizes: dict, accuracy: dict, cosines: dict,
                wbits: int) -> dict:
     """Per model (fp32, ptq, qat): bits (weight bits as used), accuracy per benchmark, cosine, file and memory
@@ -151,7 +173,9 @@ def model_rows(plan: QuantPlan, models: dict, sizes: dict, accuracy: dict, cosin
                      "memory_bytes": sizes["fp32_memory_bytes"]}}
     for name in models:
         if name != "fp32":
-            rows[name] = {"bits": f"{wbits}/{q.abits}", "cosine": cosines.get(name), "file_bytes": quant_file,
+            rows[name] = {"bits": bits_label(wbits, q.abits, getattr(models[name], "layer_bits", None)),
+                          "mean_weight_bits": sizes.get("mean_weight_bits"), "cosine": cosines.get(name),
+                          "file_bytes": quant_file,
                           "memory_bytes": sizes["packed_memory_bytes"]}
     for name, per_bench in accuracy.items():
         rows[name]["accuracy"] = {b: s.get("accuracy") for b, s in per_bench.items()}
@@ -160,10 +184,30 @@ def model_rows(plan: QuantPlan, models: dict, sizes: dict, accuracy: dict, cosin
 
 def quantize_student(plan: QuantPlan, student_path: Path, out_dir: Path, *, say=print,
                      show_table: bool = True) -> tuple[dict[str, Path], dict]:
-    """Run PTQ / QAT of the student at student_path into out_dir; returns (outputs by role, metrics)."""
+    """Run PTQ / QAT of the student.pt at student_path into out_dir; returns (outputs by role, metrics)."""
+    from .fpmodel import load_student
+
+    check_config(plan)  # before the student is read: a bad combination is the first thing to hear about
+    return quantize_model(plan, load_student(student_path), out_dir, say=say, show_table=show_table)
+
+
+def load_configured_model(plan: QuantPlan, source: str, say=print):
+    """quantize.model as a Student: imported ONNX models are first checked against their runtime on the
+    first benchmark's real faces (synthetic ones when there is no data)."""
+    from facepipe.export.parity import benchmark_faces
+
+    from .fpmodel import load_fp_model
+
+    return load_fp_model(source, plan.base_dir, parity=benchmark_faces(list(plan.benchmarks), plan.data_root,
+                                                                       IMPORT_PARITY_FACES), say=say)
+
+
+def quantize_model(plan: QuantPlan, student, out_dir: Path, *, say=print,
+                   show_table: bool = True) -> tuple[dict[str, Path], dict]:
+    """Run PTQ / QAT of an fp32 model (a fpmodel.Student) into out_dir; returns (outputs by role, metrics)."""
     from ..progress import table_console
     from ..data.synthetic.faces import save_grid
-    from .qat import QatCheckpoint, load_student
+    from .qat import QatCheckpoint
     from .report import results_table, size_metrics
     from .sources import load_faces
 
@@ -175,7 +219,6 @@ def quantize_student(plan: QuantPlan, student_path: Path, out_dir: Path, *, say=
     out_dir.mkdir(parents=True, exist_ok=True)
     note = accuracy_plan(plan)[2]  # resolves the benchmarks before any work
     clock = {"start": time.perf_counter()}
-    student = load_student(student_path)
     torch.manual_seed(plan.seed)
 
     faceset = load_faces(plan, student.module, student.preprocess)
@@ -189,19 +232,25 @@ def quantize_student(plan: QuantPlan, student_path: Path, out_dir: Path, *, say=
     wrange = weight_range(plan)
     say(f"quantize: weight range {wrange['weight_bits']} bits ({wrange['reason']})")
     ptq, qat, qat_report = quantize_models(plan, student, faceset.faces, ckpt, wrange)
+    final = qat if qat is not None else ptq
+    if getattr(final, "layer_bits", None):
+        say(f"quantize: per-layer bits {', '.join(f'{n}={w}/{a}' for n, (w, a) in final.layer_bits.items())} "
+            f"(mean weight bits {final.mean_weight_bits():.2f})")
     clock["quantize"] = time.perf_counter()
     meta = {"arch": student.arch, "embedding_size": student.embedding_size,
             "preprocess": student.preprocess.to_dict(), "wbits": q.wbits, "abits": q.abits, "mode": q.mode,
             "data": faceset.kind, "student_sha256": student.sha256, "backend": q.backend,
-            "weight_range": wrange}
-    files = write_artifacts(plan, qat if qat is not None else ptq, student, meta, out_dir)
+            "weight_range": wrange, "model": student.origin}
+    files = write_artifacts(plan, final, student, meta, out_dir)
     outputs.update(files)
 
     models = {"fp32": student.module, "ptq": ptq, **({"qat": qat} if qat is not None else {})}
     accuracy, cosines = measure(plan, student, models, faceset)
     clock["eval"] = time.perf_counter()
-    sizes = size_metrics(Path(student_path), student.module, wrange["weight_bits"], {k: v for k, v in files.items() if k != "spec"})
+    sizes = size_metrics(student.path, student.module, final,
+                         {k: v for k, v in files.items() if k not in ("spec", "fp32")})
     metrics = {"wbits": q.wbits, "abits": q.abits, "mode": q.mode, "backend": q.backend, "weight_range": wrange,
+               "layer_bits": {n: list(b) for n, b in getattr(final, "layer_bits", {}).items()},
                "data": faceset.describe(), "models": model_rows(plan, models, sizes, accuracy, cosines, wrange["weight_bits"]),
                "benchmarks": accuracy, "sizes": sizes, "qat": qat_report.summary() if qat_report else {"steps": 0},
                "seconds": {"data": round(clock["data"] - clock["start"], 2),
@@ -209,13 +258,14 @@ def quantize_student(plan: QuantPlan, student_path: Path, out_dir: Path, *, say=
                            "qat": round(qat_report.seconds, 2) if qat_report else 0.0,
                            "eval": round(clock["eval"] - clock["quantize"], 2),
                            "total": round(time.perf_counter() - clock["start"], 2)},
-               "accuracy_note": note, "student": str(student_path)}
+               "accuracy_note": note, "student": str(student.path), "model": student.origin,
+               "import_parity": student.import_parity}
     if qat_report is not None:
         outputs["log"] = _write_loss_log(out_dir / "qat_log.csv", qat_report.losses)
     outputs["metrics"] = atomic_write_json(out_dir / METRICS_FILE, metrics)
     ckpt.remove()
     if show_table:
-        title = f"quantize {student.arch} w{q.wbits}a{q.abits} {q.mode} ({faceset.kind}, {q.backend})"
+        title = f"quantize {student.origin} w{q.wbits}a{q.abits} {q.mode} ({faceset.kind}, {q.backend})"
         table_console(stderr=True).print(results_table(metrics, title))
         if note:
             say(f"quantize: {note}")

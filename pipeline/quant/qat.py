@@ -24,46 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..embedder import Preprocess
+from .fpmodel import Student, load_student  # noqa: F401 - load_student re-exported for callers of this module
 from ..errors import ModelError
 from ..train.checkpoint import CheckpointError, fingerprint_of, load_checkpoint, save_checkpoint
 from ..train.data import student_input
 
 CHECKPOINT_KIND = "facepipe.quantize.checkpoint"
 CHECKPOINT_EVERY = 50
-
-
-@dataclass
-class Student:
-    """The fp32 student: module (eval), its preprocessing, and what its student.pt declares."""
-
-    module: nn.Module
-    preprocess: Preprocess
-    arch: str
-    embedding_size: int
-    path: Path
-    sha256: str
-
-
-def load_student(path: str | Path) -> Student:
-    """Load a facepipe student.pt (or any checkpoint declaring arch + embedding_size) as an fp32 module."""
-    from ..config import TeacherConfig
-    from ..io import sha256_file
-    from ..teachers import CheckpointTeacher
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"student checkpoint {path} not found (a distill stage's student.pt)")
-    from ..errors import ConfigError
-
-    try:
-        src = CheckpointTeacher.from_config(TeacherConfig(source=str(path), kind="checkpoint"), path)
-    except ConfigError:  # it names teacher.arch, which means nothing here
-        raise ModelError(f"{path} declares no architecture ('arch'); quantize a facepipe student.pt") from None
-    embedder = src.load()
-    module = embedder.module.float().eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return Student(module, src.preprocess, src.cfg.arch, src.cfg.embedding_size, path, sha256_file(path))
 
 
 def face_batches(faces: np.ndarray, batch_size: int, pre: Preprocess) -> Iterator[torch.Tensor]:
@@ -73,13 +40,15 @@ def face_batches(faces: np.ndarray, batch_size: int, pre: Preprocess) -> Iterato
 
 
 def calibrated(student: Student, faces: np.ndarray, wbits: int, abits: int, *, calib_images: int,
-               batch_size: int, weight_symmetric: bool = True, act_symmetric: bool = False):
+               batch_size: int, weight_symmetric: bool = True, act_symmetric: bool = False,
+               layer_bits: dict | None = None):
     """A fake-quantized copy of the student with activation ranges calibrated on calib_images faces, not frozen
-    (freeze it for PTQ; QAT keeps observing from there)."""
+    (freeze it for PTQ; QAT keeps observing from there). layer_bits: per-layer overrides (layer_bits.py)."""
     from facepipe.models.quant import prepare_quantized
 
     qmodel = prepare_quantized(copy.deepcopy(student.module), wbits, abits, weight_symmetric=weight_symmetric,
-                               act_symmetric=act_symmetric)
+                               act_symmetric=act_symmetric, layer_bits=layer_bits, arch=student.arch,
+                               embedding_size=student.embedding_size, arch_kwargs=student.arch_kwargs)
     qmodel.calibrate(face_batches(faces[:calib_images], batch_size, student.preprocess))
     for p in qmodel.parameters():  # copied from the frozen fp32 student: PReLU slopes would stay fixed
         p.requires_grad_(True)

@@ -27,22 +27,24 @@ def tensor_bytes(module: nn.Module) -> int:
     return int(total)
 
 
-def packed_bytes_estimate(fp32: nn.Module, wbits: int) -> int:
-    """In-memory footprint of the deployed quantized model: every Conv2d / Linear weight at wbits, plus one
-    fp32 scale and one fp32 bias per output channel (BatchNorm folded in), plus other parameters (PReLU) in fp32."""
-    total = 0.0
-    for m in fp32.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            total += m.weight.numel() * wbits / 8 + 2 * 4 * m.weight.shape[0]
-        elif isinstance(m, nn.PReLU):
-            total += m.weight.numel() * 4
+def packed_bytes_estimate(qmodel) -> int:
+    """In-memory footprint of the deployed quantized model: every quantized weight at its own layer's bits, one
+    fp32 scale and one fp32 bias per output channel (BatchNorm folded in), every other parameter (PReLU slopes,
+    BatchNorms kept in float) in fp32."""
+    total, covered = 0.0, set()
+    for m in qmodel.quant_layers().values():
+        total += m.weight.numel() * m.weight_quant.bits / 8 + 2 * 4 * m.weight.shape[0]
+        covered.update(id(p) for p in m.parameters())
+    total += sum(p.numel() * 4 for p in qmodel.parameters() if id(p) not in covered)
     return int(round(total))
 
 
-def size_metrics(student_path: Path, fp32: nn.Module, wbits: int, files: dict[str, Path]) -> dict:
-    """Disk sizes of the student and of each written artifact, fp32 vs packed in-memory footprints."""
-    out = {"fp32_file_bytes": os.path.getsize(student_path), "fp32_memory_bytes": tensor_bytes(fp32),
-           "packed_memory_bytes": packed_bytes_estimate(fp32, wbits)}
+def size_metrics(fp32_path: Path, fp32: nn.Module, qmodel, files: dict[str, Path]) -> dict:
+    """Disk sizes of the fp32 model and of each written artifact, fp32 vs packed in-memory footprints, and the
+    weight bits averaged over the quantized weights (mixed precision counts each layer at its own bits)."""
+    out = {"fp32_file_bytes": os.path.getsize(fp32_path), "fp32_memory_bytes": tensor_bytes(fp32),
+           "packed_memory_bytes": packed_bytes_estimate(qmodel),
+           "mean_weight_bits": round(qmodel.mean_weight_bits(), 3)}
     for role, p in files.items():
         out[f"{role}_file_bytes"] = os.path.getsize(p)
     if "packed" in files:

@@ -42,7 +42,9 @@ def _identity(qmodel: QuantizedModel, meta: dict) -> tuple[str, int, dict]:
     return str(arch), int(emb), Preprocess.from_dict(dict(pre)).to_dict()
 
 
-def _rebuild(arch: str, emb: int, settings: dict, source: Path) -> QuantizedModel:
+def _rebuild(arch: str, emb: int, settings: dict, source: Path, arch_kwargs: dict | None = None) -> QuantizedModel:
+    """The QuantizedModel a checkpoint describes, rebuilt from the registry (arch_kwargs: an imported graph's
+    spec) with its per-layer bits; weights are loaded afterwards."""
     from facepipe.models.registry import build_model
 
     try:
@@ -50,7 +52,9 @@ def _rebuild(arch: str, emb: int, settings: dict, source: Path) -> QuantizedMode
     except (KeyError, TypeError):
         raise ModelError(f"{source}: quantization settings are missing or incomplete "
                          f"(need {', '.join(_SETTING_KEYS)}); re-run the quantize stage") from None
-    return prepare_quantized(build_model(arch, embedding_size=emb), arch=arch, embedding_size=emb, **kwargs)
+    extra = dict(arch_kwargs or {})
+    return prepare_quantized(build_model(arch, embedding_size=emb, **extra), arch=arch, embedding_size=emb,
+                             layer_bits=settings.get("layer_bits") or None, arch_kwargs=extra or None, **kwargs)
 
 
 def save_quantized(path: str | Path, qmodel: QuantizedModel, meta: dict | None = None) -> Path:
@@ -59,7 +63,7 @@ def save_quantized(path: str | Path, qmodel: QuantizedModel, meta: dict | None =
     arch, emb, pre = _identity(qmodel, meta)
     path = Path(path)
     ckpt = {"format": FORMAT, "arch": arch, "embedding_size": emb, "preprocess": pre,
-            "settings": qmodel.settings(),
+            "settings": qmodel.settings(), "arch_kwargs": qmodel.arch_kwargs or {},
             "state_dict": {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()}, "meta": meta}
     atomic_torch_save(path, ckpt)
     atomic_write_json(path.parent / SPEC_NAME, {**qmodel.spec(), "arch": arch, "embedding_size": emb})
@@ -78,7 +82,7 @@ def load_quantized(path: str | Path) -> tuple[QuantizedModel, dict]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ModelError(f"{path} is not a quantized facepipe model (format {found!r}, expected {FORMAT!r})")
-    qmodel = _rebuild(ckpt["arch"], ckpt["embedding_size"], ckpt["settings"], path)
+    qmodel = _rebuild(ckpt["arch"], ckpt["embedding_size"], ckpt["settings"], path, ckpt.get("arch_kwargs"))
     try:
         qmodel.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
@@ -148,7 +152,8 @@ def write_packed(path: str | Path, qmodel: QuantizedModel) -> Path:
                 raise ModelError(f"cannot pack state entry '{key}' ({t.dtype}): only float tensors are supported")
             tensors.append({"name": key, "shape": list(t.shape), "data": blobs.add(f32(t))})
     header = {"format": PACKED_FORMAT, "arch": arch, "embedding_size": emb, "preprocess": pre,
-              "settings": qmodel.settings(), "layers": layers, "tensors": tensors}
+              "settings": qmodel.settings(), "arch_kwargs": qmodel.arch_kwargs or {}, "layers": layers,
+              "tensors": tensors}
     head = json.dumps(header, separators=(",", ":")).encode()
     return atomic_write_bytes(path, MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs.parts))
 
@@ -183,6 +188,7 @@ def read_packed(path: str | Path) -> dict[str, Any]:
     tensors = {t["name"]: np.frombuffer(blob(t["data"]), np.float32).reshape(t["shape"]).copy()
                for t in header["tensors"]}
     return {**{k: header[k] for k in ("format", "arch", "embedding_size", "preprocess", "settings")},
+            "arch_kwargs": header.get("arch_kwargs") or {},
             "layers": layers, "tensors": tensors}
 
 
@@ -192,7 +198,7 @@ def load_packed(path: str | Path) -> QuantizedModel:
     pk = read_packed(path)
     if pk["format"] != PACKED_FORMAT:
         raise ModelError(f"{path}: unsupported packed format {pk['format']!r} (expected {PACKED_FORMAT!r})")
-    qmodel = _rebuild(pk["arch"], pk["embedding_size"], pk["settings"], path)
+    qmodel = _rebuild(pk["arch"], pk["embedding_size"], pk["settings"], path, pk["arch_kwargs"])
     state = {k: v.clone() for k, v in qmodel.state_dict().items()}
     layers = qmodel.quant_layers()
     if set(layers) != set(pk["layers"]):

@@ -41,6 +41,10 @@ class CheckpointTeacher(TeacherSource):
                 raise ModelError(f"{path} declares arch {declared_arch!r} but teacher.arch is {cfg.arch!r}: "
                                  "drop the override")
             update = {"arch": declared_arch}
+            if isinstance(meta.get("arch_kwargs"), dict) and meta["arch_kwargs"]:
+                if cfg.arch_kwargs and cfg.arch_kwargs != meta["arch_kwargs"]:
+                    raise ModelError(f"{path} declares its arch_kwargs; drop teacher.arch_kwargs")
+                update["arch_kwargs"] = meta["arch_kwargs"]
             if isinstance(declared_dim, int):
                 update["embedding_size"] = declared_dim
             cfg = cfg.model_copy(update=update)

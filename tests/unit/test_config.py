@@ -44,7 +44,7 @@ def test_unknown_key_names_dotted_path_and_suggests(tmp_path, yaml_text, bad, hi
 
 def test_unknown_key_without_close_match_lists_known_keys(tmp_path):
     msg = error_of(write(tmp_path, "quantize:\n  zzzz: 1\n"))
-    assert "unknown key 'quantize.zzzz' (known keys: enabled, backend, wbits, abits, mode, data, data_path, images" in msg
+    assert "unknown key 'quantize.zzzz' (known keys: enabled, model, backend, wbits, abits, mode, data, data_path, images" in msg
 
 
 def test_base_dir_is_not_a_config_key(tmp_path):

@@ -194,9 +194,30 @@ def test_unsupported_layer_is_named_with_the_supported_list():
         prepare_quantized(_WithLSTM(), 8, 8)
 
 
-def test_batchnorm_after_add_cannot_be_folded():
-    with pytest.raises(ModelError, match=r"BatchNorm layer 'bn' \(BatchNorm2d\) follows 'add'"):
-        fold_batchnorm(_BNAfterAdd())
+def _with_stats(m: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine terms on every BatchNorm (a fresh one is the identity)."""
+    g = torch.Generator().manual_seed(3)
+    for bn in m.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            c = bn.num_features
+            bn.running_mean.copy_(torch.randn(c, generator=g))
+            bn.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            bn.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            bn.bias.data.copy_(torch.randn(c, generator=g))
+    return m.eval()
+
+
+def test_batchnorm_after_add_runs_in_float_as_a_channel_affine():
+    from facepipe.models.quant.prepare import ChannelAffine
+
+    m = _with_stats(_BNAfterAdd())
+    kept: list = []
+    gm = fold_batchnorm(m, report=kept)
+    assert isinstance(gm.get_submodule("bn"), ChannelAffine)
+    assert len(kept) == 1 and "BatchNorm layer 'bn' (BatchNorm2d) kept as a float per-channel affine: it follows 'add'" in kept[0]
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), m(x), atol=1e-5)
 
 
 def test_untraceable_model_is_a_model_error():
@@ -204,9 +225,17 @@ def test_untraceable_model_is_a_model_error():
         prepare_quantized(_Dynamic(), 8, 8)
 
 
-def test_iresnet_prebn_is_rejected():
-    with pytest.raises(ModelError, match="BatchNorm layer '.*' \\(BatchNorm2d\\) follows"):
-        prepare_quantized(build_model("iresnet18", embedding_size=8), 8, 8)
+def test_iresnet_prebn_stays_in_float_and_the_rest_is_quantized():
+    net = _with_stats(build_model("iresnet18", embedding_size=8))
+    q = prepare_quantized(net, 8, 8)
+    assert q.float_batchnorms and all("kept as a float per-channel affine" in w for w in q.float_batchnorms)
+    assert "kept in float" in q.settings()["bn"]
+    x = torch.randn(2, 3, 112, 112)
+    q.calibrate([x])
+    q.freeze_activations()
+    with torch.no_grad():
+        ref, got = net(x), q(x)
+    assert torch.nn.functional.cosine_similarity(ref, got).min() > 0.98  # 8-bit, every conv quantized
 
 
 def test_small_custom_model_gets_quantized_layers():
