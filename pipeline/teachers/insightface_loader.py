@@ -19,7 +19,8 @@ from ..embedder import Embedder, Preprocess, ort_providers, run_in_chunks
 from ..errors import BackendUnavailable, ModelError, first_line
 
 LOADERS = ("facepipe", "insightface")
-RECIPE = "make insightface (README: insightface; pip install --no-deps insightface==2.1 plus facepipe[insightface])"
+RECIPE = ("`make insightface` (pip install 'facepipe[insightface]', then pip install --no-deps insightface==2.1; "
+          "README: insightface)")
 
 
 def import_insightface(why: str = "teacher.loader=insightface"):
@@ -29,7 +30,7 @@ def import_insightface(why: str = "teacher.loader=insightface"):
         from insightface import model_zoo  # noqa: F401  (its imports: onnx, onnxruntime, cv2, scikit-image)
     except ImportError as e:
         raise BackendUnavailable(f"{why} needs the insightface package, which cannot be imported here "
-                                 f"({first_line(e)}): install it with `{RECIPE}`, or set teacher.loader: "
+                                 f"({first_line(e)}): install it with {RECIPE}, or set teacher.loader: "
                                  "facepipe") from None
     return insightface
 
