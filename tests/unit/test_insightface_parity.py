@@ -10,7 +10,9 @@ where it is not installed. Checked against it:
 
 Measured (2026-12-03, insightface 2.1, scikit-image 0.26.0, opencv-python-headless 5.1.0.95):
 alignment on all 13,233 LFW images: max 1 grey level, mean |diff| 5.25e-05 (26,142 of 498M values differ by 1);
-the transforms differ by <= 4.2e-05 (insightface fits in float32).
+the transforms differ by <= 4.2e-05 (insightface fits in float32). SFace on LFW's 6000 pairs (slow test):
+99.42 ± 0.37 on both crops (6,002 of 7,701 faces differ somewhere; embedding cosine >= 0.999997). Loader parity
+(32 real LFW faces, tiny net): max |diff| 1.4e-06 with mean / std 127.5, 0 with Sub/Mul in the graph.
 """
 
 from __future__ import annotations
