@@ -9,11 +9,17 @@ export FACEPIPE_DATA
 # Torch first and pinned: the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,openvino,hf
-# Every extra that installs from PyPI alone (trt needs NVIDIA's index and a GPU: not locked here).
-LOCK_EXTRAS ?= dev,openvino,hf,onnxscript
+# Every extra that installs from PyPI alone (trt needs NVIDIA's index and a GPU: not locked here); the lock
+# also pins $(INSIGHTFACE) itself, installed --no-deps as `make insightface` does.
+LOCK_EXTRAS ?= dev,openvino,hf,onnxscript,insightface
 LOCK ?= constraints.txt
 
-.PHONY: setup demo test test-all lock test-latest clean
+# insightface (optional, the reference the parity tests compare with): its wheel requires opencv-python, a
+# second cv2 that would clash with opencv-python-headless; so the extra `insightface` carries its real runtime
+# dependencies and the wheel itself goes in with --no-deps, all from the lock. See README "insightface".
+INSIGHTFACE ?= insightface==2.1
+
+.PHONY: setup demo test test-all lock test-latest clean insightface
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +29,19 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 	touch $@
 
 setup: $(BIN)/.installed
+
+insightface: setup
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS),insightface]"
+	$(BIN)/python -m pip install -q -c $(LOCK) --no-deps "$(INSIGHTFACE)"
+	@# pip check names the one requirement left out on purpose (opencv-python); anything else fails the target
+	@out=$$($(BIN)/python -m pip check 2>&1); \
+	  bad=$$(echo "$$out" | grep -v -i -e '^insightface [0-9.]* requires opencv-python, which is not installed' \
+	    -e '^No broken requirements'); \
+	  if [ -n "$$bad" ]; then echo "pip check: $$bad"; exit 1; fi; echo "pip check: only opencv-python left out (intended)"
+	$(BIN)/python -c "import importlib.metadata as m, cv2, insightface; \
+	  from insightface.utils import face_align; from insightface.model_zoo import get_model; \
+	  print('insightface', insightface.__version__, '| cv2', cv2.__version__, 'from', \
+	  m.version('opencv-python-headless'), '(opencv-python-headless)')"
 
 demo: setup
 	$(BIN)/facepipe run -c pipeline.yaml
@@ -39,6 +58,7 @@ lock:
 	.venv-lock/bin/python -m pip install -q --upgrade pip
 	.venv-lock/bin/python -m pip install -q "$(TORCH)"
 	.venv-lock/bin/python -m pip install -q ".[$(LOCK_EXTRAS)]"
+	.venv-lock/bin/python -m pip install -q --no-deps "$(INSIGHTFACE)"
 	{ echo "# The exact versions facepipe is tested with (pip constraints). Refresh: make lock"; \
 	  echo "# Resolved $$(date -u +%Y-%m-%d) on $$(.venv-lock/bin/python -V), extras $(LOCK_EXTRAS)."; \
 	  .venv-lock/bin/python -m pip --version | awk '{print "pip==" $$2}'; \

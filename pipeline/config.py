@@ -63,6 +63,9 @@ class TeacherConfig(Section):
     cache: bool = True  # cache teacher embeddings of the training set
     check: list[str] = ["lfw", "cfp_fp"]  # benchmarks the teacher stage scores
     preprocess: PreprocessOverride | None = None
+    # kind onnx / insightface only: facepipe's own ONNX Runtime loader, or insightface's model_zoo.get_model
+    # (needs the optional insightface package: `make insightface`); part of the teacher's fingerprint
+    loader: Literal["facepipe", "insightface"] = "facepipe"
 
 
 class StudentConfig(Section):

@@ -480,17 +480,7 @@ class OnnxRuntimeEmbedder(Embedder):
     def _forward(self, batch_nchw: np.ndarray) -> np.ndarray:
         x = batch_nchw.astype(self._in_dtype, copy=False)
         run = lambda b: self.session.run([self.output.name], {self.input.name: b})[0]  # noqa: E731
-        fb = self.fixed_batch
-        if fb is None:
-            return run(x)
-        outs = []
-        for start in range(0, len(x), fb):
-            chunk = x[start:start + fb]
-            k = len(chunk)
-            if k < fb:
-                chunk = np.concatenate([chunk, np.zeros((fb - k, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(run(np.ascontiguousarray(chunk)).reshape(fb, -1)[:k])
-        return np.concatenate(outs)
+        return run_in_chunks(run, x, self.fixed_batch)
 
     def io_info(self) -> dict:
         """Input / output names, shapes and types as ONNX Runtime reports them."""
@@ -506,6 +496,21 @@ class OnnxRuntimeEmbedder(Embedder):
 
 
 EMBEDDER_BACKENDS.register("onnxruntime", OnnxRuntimeEmbedder)
+
+
+def run_in_chunks(run, x: np.ndarray, fixed_batch: int | None) -> np.ndarray:
+    """run(x) for a model of dynamic batch; for a fixed batch size, chunk by chunk, the last chunk padded."""
+    fb = fixed_batch
+    if fb is None:
+        return run(x)
+    outs = []
+    for start in range(0, len(x), fb):
+        chunk = x[start:start + fb]
+        k = len(chunk)
+        if k < fb:
+            chunk = np.concatenate([chunk, np.zeros((fb - k, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(np.asarray(run(np.ascontiguousarray(chunk))).reshape(fb, -1)[:k])
+    return np.concatenate(outs)
 
 
 def ort_providers(device: str = "cpu") -> list:

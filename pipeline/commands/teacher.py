@@ -82,6 +82,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"normalised:    {'yes' if e['normalized'] or norms['unit'] else 'no (raw embeddings)'}  "
                    f"(declared: {said}; measured on 4 faces: {measured})")
         typer.echo(f"runtime:       {e['runtime']}")
+        if e.get("loader") == "insightface":
+            typer.echo(f"loader:        insightface {e['insightface']} model_zoo.get_model -> {e['insightface_class']} "
+                       f"(teacher.loader: insightface)")
         if isinstance(emb, OnnxRuntimeEmbedder):
             for io in e["inputs"]:
                 typer.echo(f"input:         {io['name']} {io['shape']} {io['type']}")

@@ -50,12 +50,20 @@ def align_face(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) ->
     """Warp a uint8 HxWx3 image so its five landmarks land on the template: uint8 (size, size, 3).
 
     Bilinear interpolation, black border (cv2.warpAffine), as the reference LFW/CelebA crops were made.
+    The same warp as insightface's `face_align.norm_crop`; the transform differs from insightface's only by
+    its float32 rounding (scikit-image fits in the landmarks' float32, this fit in float64): on all 13,233
+    LFW images at most 1 grey level on 0.005 % of the pixel values (tests/unit/test_insightface_parity.py).
     """
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    return warp_face(image_rgb, similarity_transform(lm, template(size)), size)
+
+
+def warp_face(image_rgb: np.ndarray, m: np.ndarray, size: int = 112) -> np.ndarray:
+    """The crop `align_face` makes, for a given (2, 3) transform: cv2.warpAffine to (size, size), bilinear,
+    constant black border (cv2's defaults, which insightface's norm_crop uses too)."""
     import cv2
 
     if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise ValueError(f"need a uint8 HxWx3 image, got {image_rgb.dtype} {image_rgb.shape}")
-    lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
-    m = similarity_transform(lm, template(size))
-    return cv2.warpAffine(image_rgb, m, (size, size), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(image_rgb, np.asarray(m, np.float64), (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))

@@ -58,6 +58,10 @@ def resolve_teacher(cfg: TeacherConfig, base_dir: Path | None = None) -> Teacher
     if kind not in TEACHER_SOURCES.names():  # the registry is the list: a new kind needs no edit elsewhere
         raise ConfigError(f"teacher.kind={kind!r}: choose auto or one of {', '.join(TEACHER_SOURCES.names())}")
     cls = TEACHER_SOURCES.get(kind)
+    if cfg.loader not in cls.loaders:
+        able = [k for k, c in TEACHER_SOURCES.items() if cfg.loader in c.loaders]
+        raise ConfigError(f"teacher.loader={cfg.loader!r} applies to teacher kinds {', '.join(able)}, and "
+                          f"teacher.source {cfg.source!r} is kind {kind}: set teacher.loader: facepipe")
     return cls.from_config(cfg, cls.source_arg(cfg.source, base_dir))
 
 

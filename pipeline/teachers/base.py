@@ -115,6 +115,7 @@ class TeacherSource(ABC):
 
     kind: ClassVar[str] = "abstract"
     claim_order: ClassVar[int] = 50  # teacher.kind=auto asks the kinds in this order (specific ones first)
+    loaders: ClassVar[tuple[str, ...]] = ("facepipe",)  # the teacher.loader values this kind accepts
 
     cfg: TeacherConfig
     name: str
@@ -153,7 +154,13 @@ class TeacherSource(ABC):
     def fingerprint(self) -> str:
         """sha256 over kind, arch (checkpoints), file hashes and preprocessing: what defines the teacher."""
         return sha256_json({"kind": self.kind, "arch": self.cfg.arch if self.kind == "checkpoint" else None,
-                            "files": self.file_hashes(), "preprocess": self.preprocess.to_dict()})
+                            "files": self.file_hashes(), "preprocess": self.preprocess.to_dict(),
+                            **self.identity_extra()})
+
+    def identity_extra(self) -> dict:
+        """What else defines this teacher beyond kind, files and preprocessing (e.g. a non-default loader and
+        its version); empty by default, so the fingerprints of kinds that add nothing never change."""
+        return {}
 
     def describe(self) -> dict:
         """JSON-able summary (no forward pass)."""
@@ -162,7 +169,7 @@ class TeacherSource(ABC):
                           for p, h in zip(self.files, self.file_hashes())],
                 "preprocess": self.preprocess.to_dict(), "preprocess_declared": sorted(self.declared),
                 "preprocess_by": self.declared_by, "preprocess_guess": self.guess,
-                "embedding_size": self.cfg.embedding_size, "fingerprint": self.fingerprint()}
+                "embedding_size": self.cfg.embedding_size, **self.identity_extra(), "fingerprint": self.fingerprint()}
 
     def with_declared(self, d: "Declared") -> "TeacherSource":
         """Apply a settled preprocessing (and its sidecar, which becomes one of the defining files)."""

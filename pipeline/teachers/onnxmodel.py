@@ -11,6 +11,7 @@ from ..embedder import (Embedder, OnnxRuntimeEmbedder, Preprocess, onnx_external
                         parse_onnx_metadata)
 from ..errors import ModelError, first_line
 from .base import TEACHER_SOURCES, TeacherSource, declare_preprocess, require_file
+from .insightface_loader import LOADERS, InsightFaceZooEmbedder, import_insightface, insightface_version
 
 
 # --- onnx ------------------------------------------------------------------------------------------
@@ -48,8 +49,37 @@ def _load_proto(path: Path):
         raise ModelError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
 
 
+class _OnnxLoaders:
+    """Both ONNX kinds load through facepipe's OnnxRuntimeEmbedder (teacher.loader: facepipe) or through
+    insightface's model_zoo.get_model (teacher.loader: insightface, which then enters the fingerprint)."""
+
+    loaders: ClassVar[tuple[str, ...]] = LOADERS
+
+    def check_loader(self) -> "_OnnxLoaders":
+        if self.cfg.loader == "insightface":
+            import_insightface()  # not installed: one line naming teacher.loader and `make insightface`
+        return self
+
+    def identity_extra(self) -> dict:
+        if self.cfg.loader == "facepipe":
+            return {}
+        return {"loader": self.cfg.loader, "insightface": insightface_version()}
+
+    def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
+        if self.cfg.loader == "facepipe":
+            return OnnxRuntimeEmbedder(self.files[0], preprocess=self.preprocess, name=self.name,
+                                       providers=ort_providers(device), threads=threads)
+        emb = InsightFaceZooEmbedder(self.files[0], name=self.name, device=device, threads=threads)
+        if emb.preprocess != self.preprocess:
+            raise ModelError(f"teacher.loader=insightface: insightface's model_zoo reads {self.files[0]} as "
+                             f"{emb.preprocess.describe()}, but {self.declared_by} gives "
+                             f"{self.preprocess.describe()}; remove that declaration, or set teacher.loader: "
+                             "facepipe to use it")
+        return emb
+
+
 @dataclass
-class OnnxTeacher(TeacherSource):
+class OnnxTeacher(_OnnxLoaders, TeacherSource):
     kind: ClassVar[str] = "onnx"
 
     @classmethod
@@ -77,11 +107,7 @@ class OnnxTeacher(TeacherSource):
                  frozenset({"size"}) if known else frozenset())
         files = [path, *onnx_external_files(path, proto)]  # the weights file is part of the teacher
         declared = declare_preprocess(path, meta["preprocess"], "ONNX metadata", cfg.preprocess, guess, str(path))
-        return cls(cfg, name, files, declared.preprocess).with_declared(declared)
-
-    def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
-        return OnnxRuntimeEmbedder(self.files[0], preprocess=self.preprocess, name=self.name,
-                                   providers=ort_providers(device), threads=threads)
+        return cls(cfg, name, files, declared.preprocess).with_declared(declared).check_loader()
 
 
 TEACHER_SOURCES.register("onnx", OnnxTeacher)
@@ -96,7 +122,7 @@ def is_recognition_onnx(proto) -> bool:
 
 
 @dataclass
-class InsightFaceTeacher(TeacherSource):
+class InsightFaceTeacher(_OnnxLoaders, TeacherSource):
     kind: ClassVar[str] = "insightface"
     claim_order: ClassVar[int] = 60
 
@@ -131,10 +157,6 @@ class InsightFaceTeacher(TeacherSource):
         path, proto = found[0]
         src = OnnxTeacher.from_onnx(cfg, path, f"{pack.name}/{path.stem}", proto)
         return cls(cfg, src.name, src.files, src.preprocess, src.declared, src.declared_by, src.guess)
-
-    def load(self, device: str = "cpu", threads: int | None = None) -> Embedder:
-        return OnnxRuntimeEmbedder(self.files[0], preprocess=self.preprocess, name=self.name,
-                                   providers=ort_providers(device), threads=threads)
 
 
 TEACHER_SOURCES.register("insightface", InsightFaceTeacher)
