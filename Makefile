@@ -30,7 +30,9 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 
 setup: $(BIN)/.installed
 
-insightface: setup
+insightface: $(BIN)/.insightface
+
+$(BIN)/.insightface: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS),insightface]"
 	$(BIN)/python -m pip install -q -c $(LOCK) --no-deps "$(INSIGHTFACE)"
 	@# pip check names the one requirement left out on purpose (opencv-python); anything else fails the target
@@ -42,14 +44,16 @@ insightface: setup
 	  from insightface.utils import face_align; from insightface.model_zoo import get_model; \
 	  print('insightface', insightface.__version__, '| cv2', cv2.__version__, 'from', \
 	  m.version('opencv-python-headless'), '(opencv-python-headless)')"
+	touch $@
 
 demo: setup
 	$(BIN)/facepipe run -c pipeline.yaml
 
-test: setup
+# the tests run with insightface installed (its parity checks are part of the suite; they skip without it)
+test: $(BIN)/.insightface
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: setup
+test-all: $(BIN)/.insightface
 	$(BIN)/python -m pytest -q
 
 # Resolve everything afresh (no lock) in a scratch venv and write the exact versions to $(LOCK).
