@@ -199,8 +199,8 @@ def load_configured_model(plan: QuantPlan, source: str, say=print):
 
     from .fpmodel import load_fp_model
 
-    return load_fp_model(source, plan.base_dir, parity=benchmark_faces(list(plan.benchmarks), plan.data_root,
-                                                                       IMPORT_PARITY_FACES), say=say)
+    faces = benchmark_faces(list(plan.data_benchmarks), plan.data_root, IMPORT_PARITY_FACES)
+    return load_fp_model(source, plan.base_dir, parity=faces, say=say)
 
 
 def quantize_model(plan: QuantPlan, student, out_dir: Path, *, say=print,

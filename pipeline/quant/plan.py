@@ -18,6 +18,7 @@ class QuantPlan:
     data_root: Path | None  # data.root / $FACEPIPE_DATA, None when unset
     train: str  # data.train (quantize.data=real without data_path)
     benchmarks: tuple[str, ...]  # quantize.benchmarks, else data.benchmarks
+    data_benchmarks: tuple[str, ...]  # data.benchmarks: the first one's faces check an imported model
     flip: bool  # teacher.flip: how benchmarks are scored (as in distill)
     batch_size: int  # data.batch_size, for scoring
     on_error: str  # data.on_error
@@ -28,6 +29,7 @@ class QuantPlan:
         return cls(q=q, seed=cfg.run.seed, threads=cfg.run.threads, base_dir=Path(cfg.base_dir),
                    data_root=cfg.data_root(required=False), train=str(cfg.data.train),
                    benchmarks=tuple(cfg.data.benchmarks if q.benchmarks is None else q.benchmarks),
+                   data_benchmarks=tuple(cfg.data.benchmarks),
                    flip=cfg.teacher.flip, batch_size=cfg.data.batch_size, on_error=cfg.data.on_error)
 
     def section(self) -> dict:
