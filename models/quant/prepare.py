@@ -18,6 +18,8 @@ from torch import fx, nn
 from .formulas import check_bits
 from .modules import QUANT_LAYERS, ActQuantizer, QConv2d, QLinear, WeightQuantizer, dequantized_weight
 
+ACT_RANGES = ("minmax", "mse", "auto")  # quantize.act_range: how calibration sets activation ranges
+MSE_SAMPLE = 16384  # activation values kept per calibration batch and quantizer for the MSE range search
 PLACEMENT = ("input of every Conv2d/Linear quantized per tensor, weights per output channel; "
              "PReLU and residual add run in float")
 # run in float between the quantized layers (ChannelAffine is defined below: added to the tuple there)
@@ -208,22 +210,26 @@ class QuantizedModel(nn.Module):
         return bits / n if n else float(self.wbits)
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor], reset: bool = True) -> int:
+    def calibrate(self, batches: Iterable[torch.Tensor], reset: bool = True, act_range: str = "minmax") -> int:
         """Observe activation ranges on preprocessed float NCHW batches; returns the number of batches.
 
         Runs the float network (weights and activations unquantized, so no quantization noise shifts
         downstream ranges) and sets each input range to the mean of the per-batch min / max, each batch
-        weighted equally. Afterwards quantization is on and observing is off: call freeze_activations()
+        weighted equally. act_range="mse" then shrinks each range to the clipping that minimises the
+        fake-quantization MSE on a sample of its values (ActQuantizer.mse_range); "auto" does so below 8 bits. Afterwards quantization is on and observing is off: call freeze_activations()
         for PTQ, or set_observing(True) to keep an EMA during QAT.
         """
         was_training = self.training
         self.eval()
         acts = self.act_quantizers()
         weights = [m for m in self.modules() if isinstance(m, WeightQuantizer)]
+        if act_range not in ACT_RANGES:
+            raise ModelError(f"act_range={act_range!r}: use one of {', '.join(ACT_RANGES)}")
         for a in acts:
             if reset and not bool(a.frozen):
                 a.reset()
             a.calibrating = True
+            a.sample_size = MSE_SAMPLE if act_range == "mse" or (act_range == "auto" and a.bits < 8) else 0
         for w in weights:
             w.enabled = False
         n = 0
@@ -238,6 +244,9 @@ class QuantizedModel(nn.Module):
         finally:
             for a in acts:
                 a.calibrating, a.observing = False, False
+                if a.sample_size and n and not bool(a.frozen):
+                    a.range_shrink = a.mse_range()
+                a.sample_size = 0
             for w in weights:
                 w.enabled = True
             self.train(was_training)
@@ -286,7 +295,7 @@ class QuantizedModel(nn.Module):
             if bool(aq.initialized):
                 a_s, a_z = aq.qparams()
                 entry["input"].update(scale=float(a_s), zero_point=int(a_z), min=float(aq.min_val),
-                                      max=float(aq.max_val))
+                                      max=float(aq.max_val), range_shrink=round(float(aq.range_shrink), 4))
             layers.append(entry)
         zp_rule = "q = clip(round(x / s - z)), x ~ s * (q + z); ONNX zero_point = -z"
         return {"settings": {**self.settings(), "zero_point_convention": zp_rule},

@@ -107,7 +107,8 @@ def quantize_models(plan: QuantPlan, student, faces: np.ndarray, ckpt, wrange: d
     else:
         start = calibrated(student, faces, wrange["weight_bits"], q.abits, calib_images=q.calib_images,
                            batch_size=q.batch_size, weight_symmetric=q.weight_symmetric,
-                           act_symmetric=q.act_symmetric, layer_bits=wrange.get("layer_bits") or None)
+                           act_symmetric=q.act_symmetric, layer_bits=wrange.get("layer_bits") or None,
+                           act_range=q.act_range)
         ptq = copy.deepcopy(start)
         ptq.freeze_activations()
     if q.mode != "qat" or q.steps == 0:

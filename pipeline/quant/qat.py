@@ -41,7 +41,7 @@ def face_batches(faces: np.ndarray, batch_size: int, pre: Preprocess) -> Iterato
 
 def calibrated(student: Student, faces: np.ndarray, wbits: int, abits: int, *, calib_images: int,
                batch_size: int, weight_symmetric: bool = True, act_symmetric: bool = False,
-               layer_bits: dict | None = None):
+               layer_bits: dict | None = None, act_range: str = "minmax"):
     """A fake-quantized copy of the student with activation ranges calibrated on calib_images faces, not frozen
     (freeze it for PTQ; QAT keeps observing from there). layer_bits: per-layer overrides (layer_bits.py)."""
     from facepipe.models.quant import prepare_quantized
@@ -49,7 +49,7 @@ def calibrated(student: Student, faces: np.ndarray, wbits: int, abits: int, *, c
     qmodel = prepare_quantized(copy.deepcopy(student.module), wbits, abits, weight_symmetric=weight_symmetric,
                                act_symmetric=act_symmetric, layer_bits=layer_bits, arch=student.arch,
                                embedding_size=student.embedding_size, arch_kwargs=student.arch_kwargs)
-    qmodel.calibrate(face_batches(faces[:calib_images], batch_size, student.preprocess))
+    qmodel.calibrate(face_batches(faces[:calib_images], batch_size, student.preprocess), act_range=act_range)
     for p in qmodel.parameters():  # copied from the frozen fp32 student: PReLU slopes would stay fixed
         p.requires_grad_(True)
     return qmodel.eval()

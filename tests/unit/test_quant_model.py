@@ -249,3 +249,33 @@ def test_small_custom_model_gets_quantized_layers():
     q.calibrate([x])
     with torch.no_grad():
         assert _cos(q(x), m(x)).min() > 0.99
+
+
+def test_mse_range_clips_a_long_tail_and_lowers_the_error():
+    from facepipe.models.quant.formulas import fake_quantize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(20000, generator=g), torch.tensor([40.0, -30.0])])  # two outliers
+    aq = ActQuantizer(6)
+    aq.calibrating, aq.sample_size = True, 50000
+    aq(x)
+    wide = [t.clone() for t in aq.qparams()]
+    c = aq.mse_range()
+    assert 0.2 <= c < 0.5  # the outliers are clipped, the bulk gets the levels
+    tight = aq.qparams()
+    err = lambda sz: float((fake_quantize(x[:-2], *sz, 6) - x[:-2]).pow(2).mean())  # noqa: E731
+    assert err(tight) < 0.25 * err(wide)
+    assert ActQuantizer(6).mse_range() == 1.0  # nothing observed: nothing to choose
+
+
+def test_act_range_auto_searches_below_8_bits_only(net, batches):
+    for bits, searched in ((6, True), (8, False)):
+        q = prepare_quantized(net, bits, bits)
+        q.calibrate(batches, act_range="auto")
+        shrinks = [a.range_shrink for a in q.act_quantizers()]
+        assert any(s < 1.0 for s in shrinks) is searched, shrinks
+        again = prepare_quantized(net, bits, bits)
+        again.calibrate(batches, act_range="auto")
+        assert [a.range_shrink for a in again.act_quantizers()] == shrinks  # deterministic sample
+    with pytest.raises(ModelError, match="act_range='p99': use one of minmax, mse, auto"):
+        prepare_quantized(net, 8, 8).calibrate(batches, act_range="p99")
