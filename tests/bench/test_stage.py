@@ -25,7 +25,8 @@ def test_stage_maps_upstream_roles(tiny_artifacts, pairs_bin, tmp_path):
     assert bench.artifact_inputs(cfg, inputs) == {"torch": tiny_artifacts["torch"], "onnx": tiny_artifacts["onnx"],
                                                   "openvino": None}
     assert set(bench.external_inputs(cfg)) == {"bench.tiny.tiny.bin"}
-    assert bench.SPEC.after == ("distill", "export")
+    assert bench.SPEC.after == ("distill", "quantize", "export")
+    assert bench.SPEC.upstream(cfg) == ("distill", "export")  # quantize.model: ("quantize", "export")
     assert bench.SPEC.sections == ("bench", "data.benchmarks", "data.root", "data.on_error")
 
 
