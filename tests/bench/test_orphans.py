@@ -42,9 +42,9 @@ def test_the_timing_child_dies_with_a_bench_killed_by_sigkill(tmp_path):
     tmp = Path(tempfile.gettempdir())
     assert _wait(lambda: list(tmp.glob(f"{PROBE_PREFIX}{parent.pid}-*"))), "the bench never started its probe"
     probe_dir = next(tmp.glob(f"{PROBE_PREFIX}{parent.pid}-*"))
-    children = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
-    assert children, "no probe child found"
-    child = int(children[0])
+    kids = lambda: subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()  # noqa: E731
+    assert _wait(kids), "no probe child found"  # the probe folder exists a moment before the child does
+    child = int(kids()[0])
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     assert _wait(lambda: not pid_alive(child) or _zombie(child), 10), f"probe child {child} outlived its bench"

@@ -106,8 +106,10 @@ def test_iresnet_names_match_insightface():
 
 
 def test_registry_builds_every_architecture_name():
-    assert list_models() == ["mobilefacenet", "iresnet18", "iresnet34", "iresnet50", "iresnet100"]
+    assert list_models() == ["mobilefacenet", "iresnet18", "iresnet34", "iresnet50", "iresnet100", "onnx_graph"]
     assert set(MODELS) == set(list_models())
+    with pytest.raises(ModelError, match="'onnx_graph' is an imported ONNX graph and needs its spec"):
+        build_model("onnx_graph")  # built from an .onnx (models/onnx_graph.py), not by name
     assert build_model("mobilefacenet", embedding_size=32).output_layer.linear.out_features == 32
     assert build_model("iresnet18", embedding_size=64, dropout=0.2).dropout.p == 0.2
 
