@@ -279,3 +279,17 @@ def test_act_range_auto_searches_below_8_bits_only(net, batches):
         assert [a.range_shrink for a in again.act_quantizers()] == shrinks  # deterministic sample
     with pytest.raises(ModelError, match="act_range='p99': use one of minmax, mse, auto"):
         prepare_quantized(net, 8, 8).calibrate(batches, act_range="p99")
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4])
+@pytest.mark.parametrize("axis", [None, 0])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_the_inplace_eval_fake_quant_is_the_formula_bit_for_bit(bits, axis, symmetric):
+    from facepipe.models.quant.formulas import dequantize, fake_quantize, quantize, scale_zero_point, tensor_range
+
+    x = torch.randn(6, 8, 5, 5, generator=torch.Generator().manual_seed(bits)) * 3
+    s, z = scale_zero_point(*tensor_range(x, axis), bits, symmetric)
+    expected = dequantize(quantize(x, s, z, bits, axis), s, z, axis)
+    with torch.no_grad():
+        got = fake_quantize(x, s, z, bits, axis)
+    assert torch.equal(got, expected) and not torch.equal(got, x)
