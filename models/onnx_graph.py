@@ -166,7 +166,7 @@ def _read_node(node, r: _Reader) -> None:  # noqa: C901 - one branch per operato
     op, a = node.op_type, _Reader.attrs(node)
     if op == "Constant":
         return
-    if op in SHAPE_OPS or (op in ("Unsqueeze", "Cast") and node.input[0] in r.shapes):
+    if op in SHAPE_OPS:
         if op in ("Unsqueeze", "Cast") and node.input[0] not in r.shapes and node.input[0] not in r.init:
             raise r.error(node, "on image data (only on shape values before a Reshape)")
         _read_shape_op(node, r, a)

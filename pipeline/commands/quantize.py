@@ -95,7 +95,7 @@ def quantize_command(
     if out is not None and student is None and model is None:
         raise ConfigError("--out needs --student PATH or --model MODEL (the model to quantize standalone)")
     if model is not None and out is not None:
-        from ..quant.job import CHECKPOINT, load_configured_model, quantize_model
+        from ..quant.job import load_configured_model, quantize_model
         from ..quant.plan import QuantPlan
 
         if restart:

@@ -71,9 +71,9 @@ def weight_range(plan: QuantPlan, isa: dict | None = None) -> dict:
     q = plan.q
     isa = cpu_info()["isa"] if isa is None else isa
     at_risk = saturates_without_vnni(q.wbits, q.abits)
-    on = at_risk and (q.overflow_fix is True or (q.overflow_fix == "auto" and x86_without_vnni(isa)))
-    bits = safe_weight_bits(q.wbits, q.abits) if on else q.wbits
     fix_active = q.overflow_fix is True or (q.overflow_fix == "auto" and x86_without_vnni(isa))
+    on = at_risk and fix_active
+    bits = safe_weight_bits(q.wbits, q.abits) if on else q.wbits
     layer_bits = {}
     for key, value in q.layer_bits.items():  # per-layer overrides get the same treatment as the model-wide bits
         w, a = (value, value) if isinstance(value, int) else (value.get("wbits", q.wbits), value.get("abits", q.abits))
