@@ -1,7 +1,7 @@
 """Per-layer bit widths: `quantize.layer_bits` patterns resolved against a model's quantized layers.
 
-Keys are fnmatch patterns on the quantized layer names (`facepipe quantize ... --dry-run` / quant_spec.json list
-them, e.g. 'layers.conv_1_conv2d') or the words `first` / `last` (the first / last quantized layer in graph
+Keys are fnmatch patterns on the quantized layer names (as quant_spec.json lists them, e.g.
+'layers.conv_1_conv2d') or the words `first` / `last` (the first / last quantized layer in graph
 order: the stem conv and the embedding layer, the usual cure for the largest drops at low bit widths). Values
 are a bit width for weights and inputs, or {wbits: W, abits: A}. A key that matches no layer is an error.
 """
@@ -38,7 +38,7 @@ def resolve_layer_bits(names: list[str], spec: dict | None, wbits: int, abits: i
         else:
             hits = [n for n in names if fnmatchcase(n, key)]
         if not hits:
-            shown = ", ".join(names[:4] + (["..."] if len(names) > 5 else []) + names[-1:] if len(names) > 4 else names)
+            shown = ", ".join(names if len(names) <= 5 else names[:4] + ["...", names[-1]])
             raise ConfigError(f"quantize.layer_bits.{key}: matches none of the model's {len(names)} quantized layers "
                               f"({shown}); use a layer name or pattern from quant_spec.json, or first / last")
         for n in hits:
