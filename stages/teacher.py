@@ -37,6 +37,7 @@ def run(ctx: StageContext) -> StageResult:
 
     from facepipe.pipeline.eval.cache import open_or_build
     from facepipe.pipeline.eval.evaluate import embeddings_cache_dir, evaluate_model, results_table, roc_curves
+    from facepipe.pipeline.train.views import cached_views
     from facepipe.pipeline.io import atomic_write_json
     from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
 
@@ -78,12 +79,14 @@ def run(ctx: StageContext) -> StageResult:
         # Built once in the shared, content-keyed cache (other runs with the same teacher and data reuse it),
         # then copied into this stage's folder so the run's outputs stand on their own.
         shared, reused = open_or_build(source, faces, embeddings_cache_dir(), flip=cfg.teacher.flip,
-                                       batch_size=cfg.data.batch_size, embedder=embedder)
+                                       batch_size=cfg.data.batch_size, embedder=embedder,
+                                       views=cached_views(cfg.distill.augment))
         cache = shared.copy_to(ctx.output_path("cache"))
         outputs["cache"] = cache.path
         outputs["cache_meta"] = cache.path.with_suffix(".json")
         skipped = cache.skipped_summary(faces)
-        metrics.update(train_images=cache.n, cache_reused=reused, skipped_images=skipped["count"])
+        metrics.update(train_images=cache.n, cache_reused=reused, skipped_images=skipped["count"],
+                       cached_views=cache.view_count)
         if skipped["count"]:
             metrics["skipped_first"] = ", ".join(skipped["first"])
             table_console(stderr=True).print(
@@ -105,6 +108,7 @@ def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
     from facepipe.pipeline.io import atomic_path
     from facepipe.pipeline.progress import console
     from facepipe.pipeline.data.synthetic.dcgan import dcgan_faces
+    from facepipe.pipeline.train.views import cached_views
 
     cfg = ctx.config
     console.print(f"[yellow]{datafree.NOTE}[/]")
@@ -121,7 +125,8 @@ def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
     if cfg.teacher.cache:
         faces = open_face_source(train_dir, on_error="fail")
         shared, _ = open_or_build(source, faces, embeddings_cache_dir(), flip=cfg.teacher.flip,
-                                  batch_size=cfg.data.batch_size, embedder=embedder)
+                                  batch_size=cfg.data.batch_size, embedder=embedder,
+                                  views=cached_views(cfg.distill.augment))
         cache = shared.copy_to(ctx.output_path("cache"))
         outputs["cache"], outputs["cache_meta"] = cache.path, cache.path.with_suffix(".json")
     return outputs
@@ -136,6 +141,6 @@ def derived(cfg: PipelineConfig) -> dict:
 
 
 SPEC = register_stage(StageSpec(
-    name="teacher", run=run, sections=("teacher", "data.train", "data.on_error", "data.root", "data.generated",
+    name="teacher", run=run, sections=("teacher", "distill.augment", "data.train", "data.on_error", "data.root", "data.generated",
                                        "data.generated_eval", "run.seed"),
     external_inputs=external_inputs, derived=derived))

@@ -64,8 +64,9 @@ def distill_command(
     rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of node 0 (multi-node)."),
     rdzv_id: Optional[str] = typer.Option(None, "--rdzv-id", help="Job id shared by all nodes."),
     bench_step: Optional[int] = typer.Option(None, "--bench-step", min=1, help="Instead of training: time N "
-                                             "student steps on one batch with the teacher cache vs the teacher "
-                                             "online, and print the table."),
+                                             "steps of the training loop under the legacy settings and under this "
+                                             "config (img/s, the split data / teacher / forward / backward / "
+                                             "optimizer, the fraction of the FLOP floor) and print the table."),
     bench_json: Optional[Path] = typer.Option(None, "--bench-json", help="With --bench-step: also write JSON."),
 ):
     from rich.console import Console
@@ -109,37 +110,57 @@ def _secondary_node(cfg, say) -> None:
 
 
 def _bench(cfg, steps: int, json_out: Optional[Path], out) -> None:
-    """Time training steps with the cached vs the online teacher on the same batch."""
+    """Time the training loop under the legacy settings and under this config, on the same batches, and
+    against the machine's FLOP floor (pipeline/train/steptime.py)."""
     import tempfile
 
+    import torch
+
+    from facepipe.pipeline.device import cpu_info
     from facepipe.pipeline.io import atomic_write_json
-    from facepipe.pipeline.train.steptime import bench_modes, bench_table
     from facepipe.pipeline.train.dist import DistEnv, worker_device
+    from facepipe.pipeline.train.floor import floor_img_per_s, sgemm_gflops, train_gflop_per_image
     from facepipe.pipeline.train.setup import build_trainer
+    from facepipe.pipeline.train.steptime import LEGACY, add_floor, bench_settings, bench_table
     from facepipe.stages.distill import stage_inputs
 
     inputs = {r: str(p) for r, p in stage_inputs(cfg).items()}
     env = DistEnv()
     device = worker_device(cfg.run.device, env)
+    d = cfg.distill
 
-    def factory(mode: str, tmp: str):
+    def factory(overrides: dict, tmp: str, name: str):
         def make():
             c = cfg.model_copy(deep=True)
-            c.distill.teacher_mode = mode
+            for key, value in overrides.items():
+                setattr(c.distill, key, value)
             c.distill.benchmarks = []
-            c.distill.augment.flip = False  # both modes must see the very same pixels
             job = {"config": c.model_dump(mode="json"), "base_dir": str(cfg.base_dir), "inputs": inputs,
-                   "out_dir": str(Path(tmp) / mode)}
+                   "out_dir": str(Path(tmp) / name)}
             return build_trainer(job, env, device)
         return make
 
+    legacy = "legacy (" + ", ".join(f"{k}={v}" for k, v in LEGACY.items()) + ")"
+    configured = f"this config (data={d.data}, num_workers={d.num_workers}, compile={d.compile})"
     with tempfile.TemporaryDirectory(prefix="facepipe-bench-") as tmp:
-        rows = bench_modes({"cache": factory("cache", tmp), "online": factory("online", tmp)}, steps)
-    d = cfg.distill
-    out.print(bench_table(rows, title=f"distill step, {d.student.arch} emb {d.student.embedding_size}, "
-                                      f"batch {d.batch_size}, teacher {cfg.teacher.source}, {device}"))
+        factories = {legacy: factory(LEGACY, tmp, "legacy"), configured: factory({}, tmp, "configured")}
+        rows = bench_settings(factories, steps)
+        from facepipe.models.registry import build_model
+
+        gflop = train_gflop_per_image(build_model(d.student.arch, embedding_size=d.student.embedding_size))
+    gflops = sgemm_gflops()
+    floor = floor_img_per_s(gflops, gflop)
+    add_floor(rows, floor)
+    cpu = cpu_info()
+    machine = f"{cpu['model']} ({cpu['isa']['summary']}), {torch.get_num_threads()} threads"
+    out.print(bench_table(rows, title=f"distill loop, {d.student.arch} emb {d.student.embedding_size}, batch "
+                                      f"{d.batch_size}, {steps} steps, {device}"))
+    out.print(f"floor: sgemm {gflops:.1f} GFLOP/s / {gflop:.3f} GFLOP per image (forward + backward) = "
+              f"{floor:.1f} img/s on {machine}", markup=False, highlight=False)
     if json_out:
-        atomic_write_json(json_out, {"rows": rows, "steps": steps, "device": str(device)})
+        atomic_write_json(json_out, {"rows": rows, "steps": steps, "device": str(device), "machine": machine,
+                                     "cpu": cpu, "sgemm_gflops": round(gflops, 2),
+                                     "gflop_per_image": round(gflop, 4), "floor_img_per_s": round(floor, 2)})
 
 
 distill_command.__doc__ = HELP

@@ -109,6 +109,7 @@ def register(app: typer.Typer) -> None:
         """Cache the teacher's embeddings of data.train (reused when teacher, data and flip are unchanged)."""
         from ..eval.cache import open_or_build
         from ..teachers import resolve_teacher
+        from ..train.views import cached_views
 
         cfg = load(config, set_)
         target = cache_dir if cache_dir is not None else cfg.run_dir() / "teacher" / "cache"
@@ -116,8 +117,11 @@ def register(app: typer.Typer) -> None:
         src = resolve_teacher(cfg.teacher, cfg.base_dir)
         found, reused = open_or_build(src, faces, target, flip=cfg.teacher.flip,
                                       batch_size=batch_size or cfg.data.batch_size, rebuild=rebuild,
-                                      device=cfg.run.device, threads=cfg.run.threads)
+                                      device=cfg.run.device, threads=cfg.run.threads,
+                                      views=cached_views(cfg.distill.augment))
         shape = f"{found.n} x {found.dim}{', + mirrored' if found.flipped is not None else ''}"
+        if found.view_count:
+            shape += f", + {found.view_count} augmented views"
         if len(found.skipped):
             shape += f", {len(found.skipped)} unreadable faces skipped (NaN rows)"
         if reused:

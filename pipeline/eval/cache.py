@@ -3,6 +3,8 @@
 Layout under cache_dir, for key K = cache_key(teacher, faces, flip):
   K.npy        float32 (N, D) embeddings of the faces
   K.flip.npy   float32 (N, D) embeddings of the mirrored faces (flip=True only)
+  K.views.npy  float32 (V, N, D) embeddings of V fixed augmented views of every face (views=V > 0 only;
+               train/views.py renders them), and K.views.flip.npy of their mirrors (with flip)
   K.json       sidecar {format, key, teacher, data, preprocess, n, dim, flip, skipped, complete, ...}, written last
 Arrays are filled under temporary names and renamed when complete; the sidecar is the commit marker, so
 a killed build is never reused, and a changed teacher file, preprocessing, image bytes, flip, reading /
@@ -25,6 +27,7 @@ from ..errors import DataError, DiskFull, ModelError
 from ..io import atomic_write_json, exclusive_lock, free_bytes, remove_orphans, reserve_space, sha256_json
 
 CACHE_FORMAT = 1
+VIEWS_MODULE = "facepipe.pipeline.train.views"
 TEACHER_RUNTIMES = ("torch", "onnx", "onnxruntime")  # every teacher kind loads through these
 
 
@@ -38,14 +41,20 @@ class FaceSourceLike(Protocol):
     def content_hash(self) -> str: ...
 
 
-def cache_key(model_source, faces: FaceSourceLike, flip: bool, device: str = "cpu") -> str:
+def cache_key(model_source, faces: FaceSourceLike, flip: bool, device: str = "cpu", views: dict | None = None) -> str:
     """sha256 of what an embedding depends on: the model's fingerprint (file hashes, kind, arch,
     preprocessing), the faces' content hash, the flip flag, the code that reads, aligns, preprocesses and
     embeds them (the import closure of the face source, the model source and this module), and the runtime
-    that computes them (versions, CPU / GPU; see embedding_context)."""
-    return sha256_json({"format": CACHE_FORMAT, "teacher": model_source.fingerprint(),
-                        "data": faces.content_hash(), "flip": bool(flip),
-                        **embedding_context(model_source, faces, device)})
+    that computes them (versions, CPU / GPU; see embedding_context). `views` ({"count", "spec"}; see
+    train/views.py) adds cached augmented views, and the code that renders them, to the key."""
+    key = {"format": CACHE_FORMAT, "teacher": model_source.fingerprint(), "data": faces.content_hash(),
+           "flip": bool(flip), **embedding_context(model_source, faces, device)}
+    if views and views.get("count"):
+        from ..codeclosure import import_closure
+        from ..manifest import code_version
+
+        key["views"] = {**views, "code": code_version(import_closure(VIEWS_MODULE))}
+    return sha256_json(key)
 
 
 def embedding_context(model_source, faces, device: str = "cpu") -> dict:
@@ -75,15 +84,26 @@ def _paths(cache_dir: Path, key: str) -> tuple[Path, Path, Path]:
     return cache_dir / f"{key}.npy", cache_dir / f"{key}.flip.npy", cache_dir / f"{key}.json"
 
 
+def _view_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    return cache_dir / f"{key}.views.npy", cache_dir / f"{key}.views.flip.npy"
+
+
 @dataclass
 class TeacherCache:
-    """An opened, complete cache: `.embeddings` (N, D) memmap, `.flipped` (N, D) memmap or None, `.meta`."""
+    """An opened, complete cache: `.embeddings` (N, D) memmap, `.flipped` (N, D) memmap or None, `.meta`;
+    `.views` / `.views_flipped` (V, N, D) memmaps or None."""
 
     key: str
     path: Path
     embeddings: np.ndarray
     flipped: np.ndarray | None
     meta: dict
+    views: np.ndarray | None = None
+    views_flipped: np.ndarray | None = None
+
+    @property
+    def view_count(self) -> int:
+        return 0 if self.views is None else int(self.views.shape[0])
 
     @property
     def n(self) -> int:
@@ -130,7 +150,15 @@ class TeacherCache:
             flipped = _open_array(flip_path, n, dim)
             if flipped is None:
                 return None
-        return cls(key, emb_path, emb, flipped, meta)
+        views = views_flipped = None
+        count = (meta.get("views") or {}).get("count", 0)
+        if count:
+            vpath, vflip = _view_paths(Path(cache_dir), key)
+            views = _open_array(vpath, n, dim, count)
+            views_flipped = _open_array(vflip, n, dim, count) if flip else None
+            if views is None or (flip and views_flipped is None):
+                return None
+        return cls(key, emb_path, emb, flipped, meta, views, views_flipped)
 
     def copy_to(self, cache_dir: str | os.PathLike) -> "TeacherCache":
         """This cache copied into `cache_dir` (arrays first, sidecar last, each atomically); reused if there."""
@@ -142,8 +170,8 @@ class TeacherCache:
         found = TeacherCache.open(cache_dir, self.key)
         if found is not None:
             return found
-        src = _paths(self.path.parent, self.key)
-        dst = _paths(cache_dir, self.key)
+        src = _view_paths(self.path.parent, self.key) + _paths(self.path.parent, self.key)  # the sidecar last
+        dst = _view_paths(cache_dir, self.key) + _paths(cache_dir, self.key)
         for s, d in zip(src, dst):
             if s.exists():
                 with atomic_path(d) as tmp:
@@ -155,19 +183,23 @@ class TeacherCache:
 
     @classmethod
     def build(cls, embedder, source: FaceSourceLike, cache_dir: str | os.PathLike, key: str, flip: bool = False,
-              batch_size: int = 64, show_progress: bool = True) -> "TeacherCache":
-        """Embed every face of `source` with `embedder` (and its mirror when flip) into a new cache."""
+              batch_size: int = 64, show_progress: bool = True, views: dict | None = None) -> "TeacherCache":
+        """Embed every face of `source` with `embedder` (and its mirror when flip; and `views["count"]`
+        augmented views drawn from `views["spec"]`, train/views.py) into a new cache."""
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         # One builder per entry at a time: two runs embedding the same faces with the same model (two
         # quantize jobs scoring one fp32 student) would otherwise delete each other's files mid-build.
         with exclusive_lock(cache_dir / f".{key}.lock"):
-            return cls._build_locked(embedder, source, cache_dir, key, flip, batch_size, show_progress)
+            return cls._build_locked(embedder, source, cache_dir, key, flip, batch_size, show_progress,
+                                     views or {"count": 0})
 
     @classmethod
     def _build_locked(cls, embedder, source: FaceSourceLike, cache_dir: Path, key: str, flip: bool,
-                      batch_size: int, show_progress: bool) -> "TeacherCache":
+                      batch_size: int, show_progress: bool, views: dict) -> "TeacherCache":
         emb_path, flip_path, meta_path = _paths(cache_dir, key)
+        view_path, view_flip_path = _view_paths(cache_dir, key)
+        count = int(views.get("count") or 0)
         meta_path.unlink(missing_ok=True)  # whatever was there is no longer vouched for
         for stale in cache_dir.glob(f".{key}.*.partial"):  # left by a killed build (we hold the lock)
             stale.unlink(missing_ok=True)
@@ -175,25 +207,34 @@ class TeacherCache:
         n, dim = len(source), embedder.dim
         if n == 0:
             raise DataError("the face source is empty: nothing to cache")
-        tmp = {p: p.with_name(f".{p.name}.{os.getpid()}.partial") for p in (emb_path, flip_path)}
-        targets = [emb_path] + ([flip_path] if flip else [])
+        every = (emb_path, flip_path, view_path, view_flip_path)
+        tmp = {p: p.with_name(f".{p.name}.{os.getpid()}.partial") for p in every}
+        shapes = {emb_path: (n, dim)}
+        if flip:
+            shapes[flip_path] = (n, dim)
+        if count:
+            shapes[view_path] = (count, n, dim)
+            if flip:
+                shapes[view_flip_path] = (count, n, dim)
         t0 = time.perf_counter()
-        need = n * dim * 4 * len(targets) + (1 << 16)  # float32 rows + .npy headers
+        need = sum(4 * int(np.prod(s)) for s in shapes.values()) + (1 << 16)  # float32 rows + .npy headers
         if need > free_bytes(cache_dir):
             raise DiskFull(cache_dir / f"{key}.npy", free_bytes(cache_dir), need)
         try:
-            arrays = [np.lib.format.open_memmap(tmp[p], mode="w+", dtype=np.float32, shape=(n, dim))
-                      for p in targets]
-            for p in targets:
+            arrays = {p: np.lib.format.open_memmap(tmp[p], mode="w+", dtype=np.float32, shape=shape)
+                      for p, shape in shapes.items()}
+            for p in shapes:
                 reserve_space(tmp[p], os.path.getsize(tmp[p]), shown=p)
-            skipped = _fill(embedder, source, arrays, batch_size, show_progress, key)
-            for a in arrays:
+            skipped = _fill(embedder, source, arrays[emb_path], arrays.get(flip_path), arrays.get(view_path),
+                            arrays.get(view_flip_path), views, batch_size, show_progress, key)
+            for a in arrays.values():
                 a.flush()
             del arrays
-            for p in targets:
+            for p in shapes:
                 os.replace(tmp[p], p)
-            if not flip:
-                flip_path.unlink(missing_ok=True)
+            for p in every:
+                if p not in shapes:
+                    p.unlink(missing_ok=True)
         finally:
             for t in tmp.values():
                 t.unlink(missing_ok=True)
@@ -202,8 +243,11 @@ class TeacherCache:
             "format": CACHE_FORMAT, "key": key, "teacher": _teacher_info(embedder),
             "data": source.content_hash(), "preprocess": embedder.preprocess.to_dict(),
             "n": n, "dim": dim, "flip": bool(flip), "dtype": "float32", "skipped": skipped,
-            "files": {"embeddings": emb_path.name, "flipped": flip_path.name if flip else None},
-            "seconds": round(seconds, 3), "img_per_s": round(n * len(targets) / max(seconds, 1e-9), 2),
+            "views": {"count": count, "spec": views.get("spec")} if count else None,
+            "files": {"embeddings": emb_path.name, "flipped": flip_path.name if flip else None,
+                      "views": view_path.name if count else None},
+            "seconds": round(seconds, 3),
+            "img_per_s": round(n * (1 + count) * (1 + bool(flip)) / max(seconds, 1e-9), 2),
             "complete": True})
         opened = cls.open(cache_dir, key)
         if opened is None:  # pragma: no cover - would mean the files vanished under us
@@ -226,45 +270,69 @@ def _teacher_info(embedder) -> dict:
     return d
 
 
-def _open_array(path: Path, n, dim) -> np.ndarray | None:
+def _open_array(path: Path, n, dim, views: int | None = None) -> np.ndarray | None:
     if not isinstance(n, int) or not isinstance(dim, int):
         return None
     try:
         arr = np.load(path, mmap_mode="r")
     except (OSError, ValueError):
         return None
-    if arr.dtype != np.float32 or arr.shape != (n, dim):
+    shape = (n, dim) if views is None else (views, n, dim)
+    if arr.dtype != np.float32 or arr.shape != shape:
         return None
     return arr
 
 
-def _fill(embedder, source: FaceSourceLike, arrays: list[np.ndarray], batch_size: int, show_progress: bool,
-          key: str) -> list[int]:
-    """Embed the source batch by batch into `arrays` (faces, then mirrored faces); returns skipped indices."""
+def _fill(embedder, source: FaceSourceLike, plain: np.ndarray, mirrored: np.ndarray | None,
+          views: np.ndarray | None, views_mirrored: np.ndarray | None, view_cfg: dict, batch_size: int,
+          show_progress: bool, key: str) -> list[int]:
+    """Embed the source batch by batch: faces, their mirrors, and each augmented view (and its mirror);
+    returns the skipped indices (their rows are NaN)."""
     from ..progress import progress
 
     n, skipped = len(source), []
+    count = 0 if views is None else views.shape[0]
+    jobs = [(plain, 0, False)] + ([(mirrored, 0, True)] if mirrored is not None else [])
+    for v in range(1, count + 1):
+        jobs.append((views[v - 1], v, False))
+        if views_mirrored is not None:
+            jobs.append((views_mirrored[v - 1], v, True))
     with progress("img", disable=None if show_progress else True) as bar:
-        task = bar.add_task(f"teacher {embedder.name} -> cache {key[:10]}", total=n * len(arrays))
+        task = bar.add_task(f"teacher {embedder.name} -> cache {key[:10]}", total=n * len(jobs))
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
             images = [source.image(i) for i in idx]
             ok = [j for j, img in enumerate(images) if img is not None]
             skipped += [start + j for j, img in enumerate(images) if img is None]
             faces = np.stack([images[j] for j in ok]) if ok else None
-            for a, mirror in zip(arrays, (False, True)):
-                block = np.full((len(idx), a.shape[1]), np.nan, np.float32)
+            for array, v, mirror in jobs:
+                block = np.full((len(idx), array.shape[1]), np.nan, np.float32)
                 if faces is not None:
-                    x = np.ascontiguousarray(faces[:, :, ::-1]) if mirror else faces
+                    x = _view_pixels(faces, np.asarray(idx)[ok], v, view_cfg) if v else faces
+                    x = np.ascontiguousarray(x[:, :, ::-1]) if mirror else x
                     block[ok] = embedder.embed(x, batch_size=batch_size)
-                a[start:idx.stop] = block
+                array[start:idx.stop] = block
                 bar.advance(task, len(idx))
     return skipped
 
 
+def _view_pixels(faces: np.ndarray, index: np.ndarray, view: int, view_cfg: dict) -> np.ndarray:
+    """View `view` of the faces at `index`, rendered exactly as distillation renders it (train/views.py)."""
+    import torch
+
+    from ..train.views import ViewSpec, render, view_params
+    from ..embedder import resize_faces
+
+    if faces.shape[1:3] != (112, 112):
+        faces = resize_faces(faces, 112)
+    params = view_params(ViewSpec(**view_cfg["spec"]), index, np.full(len(index), view))
+    return render(torch.from_numpy(np.ascontiguousarray(faces)), params).numpy()
+
+
 def open_or_build(teacher_source, faces: FaceSourceLike, cache_dir: str | os.PathLike, flip: bool = False,
                   batch_size: int = 64, embedder=None, rebuild: bool = False, show_progress: bool = True,
-                  device: str = "cpu", threads: int | None = None) -> tuple[TeacherCache, bool]:
+                  device: str = "cpu", threads: int | None = None,
+                  views: dict | None = None) -> tuple[TeacherCache, bool]:
     """(cache, reused): a fresh cache for this teacher and data, built when missing or stale with `embedder`
     (or the teacher loaded on `device` only then). The teacher's output size is checked against
     teacher.embedding_size either way (ModelError).
@@ -273,7 +341,7 @@ def open_or_build(teacher_source, faces: FaceSourceLike, cache_dir: str | os.Pat
 
     cfg = teacher_source.cfg
     key = cache_key(teacher_source, faces, flip,
-                    device=embedder_device(embedder, device) if embedder is not None else device)
+                    device=embedder_device(embedder, device) if embedder is not None else device, views=views)
     found = None if rebuild else TeacherCache.open(cache_dir, key)
     if found is not None:
         if found.dim != cfg.embedding_size:
@@ -284,4 +352,4 @@ def open_or_build(teacher_source, faces: FaceSourceLike, cache_dir: str | os.Pat
         embedder = teacher_source.load(device=device, threads=threads)
     check_teacher_dim(embedder, cfg)
     return TeacherCache.build(embedder, faces, cache_dir, key, flip=flip, batch_size=batch_size,
-                              show_progress=show_progress), False
+                              show_progress=show_progress, views=views), False

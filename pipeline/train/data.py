@@ -1,4 +1,4 @@
-"""Training batches: labelled uint8 faces from a FaceSource, augmented deterministically per (seed, epoch, index).
+"""Training batches: labelled uint8 faces from a FaceSource (or its decoded memmap), augmented per batch.
 
 The loader hands over uint8 RGB faces (so an online teacher can apply its own preprocessing); the student's
 input is made on the training device by `student_input` (RGB, (x - 127.5) / 127.5, NCHW).
@@ -51,56 +51,61 @@ def read_labels(source: FaceSource, where: str = "training set") -> np.ndarray:
     return labels
 
 
-def augment_face(img: np.ndarray, flip: bool, shift: int, color: float, rng_key: tuple[int, ...]) -> np.ndarray:
-    """Mirror, then translate by up to `shift` px (edges replicated) and jitter brightness / contrast."""
-    if flip:
-        img = img[:, ::-1]
-    if shift or color:
-        rng = np.random.default_rng(rng_key)
-        if shift:
-            dy, dx = rng.integers(-shift, shift + 1, size=2)
-            h, w = img.shape[:2]
-            padded = np.pad(img, ((shift, shift), (shift, shift), (0, 0)), mode="edge")
-            img = padded[shift + dy: shift + dy + h, shift + dx: shift + dx + w]
-        if color:
-            contrast, brightness = rng.uniform(1 - color, 1 + color, size=2)
-            x = img.astype(np.float32)
-            mean = x.mean()
-            img = np.clip((x - mean) * contrast + mean * brightness, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(img)
+def checked_face(img, where: str, size: int) -> np.ndarray:
+    """A decoded training face as uint8 RGB (size, size, 3), or a DataError naming `where`."""
+    if img is None:
+        raise DataError(f"{where} could not be read (data.on_error=skip does not apply to training: remove "
+                        "it from the training set, then re-run the teacher stage)")
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise DataError(f"{where}: expected a uint8 RGB HxWx3 face, got "
+                        f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}")
+    return img if img.shape[:2] == (size, size) else resize_faces(img[None], size)[0]
 
 
-class FaceDataset(torch.utils.data.Dataset):
-    """Indexed by (sample index, flip, epoch) keys from sampler.EpochBatches."""
+class BatchReader(torch.utils.data.Dataset):
+    """Whole training batches from sampler keys [(index, flip, epoch, view), ...]: the faces (decoded from
+    the source's files, or gathered from the decoded memmap), augmented as one batch (views.augment_batch).
 
-    def __init__(self, source: FaceSource, labels: np.ndarray, *, size: int = 112, shift: int = 0,
-                 color: float = 0.0, seed: int = 0):
-        self.source, self.labels, self.size = source, labels, size
-        self.shift, self.color, self.seed = shift, color, seed
+    Used as a DataLoader dataset with batch_size=None, so workers, when any, build whole batches.
+    """
+
+    def __init__(self, source: FaceSource, labels: np.ndarray, *, decoded: np.ndarray | None = None,
+                 spec=None, online: bool = False, seed: int = 0, size: int = 112):
+        from .views import ViewSpec
+
+        self.source, self.labels, self.decoded, self.size = source, labels, decoded, size
+        self.spec, self.online, self.seed = spec or ViewSpec(), online, seed
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, key: tuple[int, bool, int]) -> tuple[np.ndarray, int, int, bool]:
-        i, flip, epoch = key
-        img = self.source.image(i)
-        where = self.source.describe(i) if hasattr(self.source, "describe") else f"training record {i}"
-        if img is None:
-            raise DataError(f"{where} could not be read (data.on_error=skip does not apply to training: remove "
-                            "it from the training set, then re-run the teacher stage)")
-        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise DataError(f"{where}: expected a uint8 RGB HxWx3 face, got "
-                            f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}")
-        if img.shape[:2] != (self.size, self.size):
-            img = resize_faces(img[None], self.size)[0]
-        img = augment_face(img, flip, self.shift, self.color, (self.seed, epoch, i, 0xA06))
-        return img, int(self.labels[i]), int(i), bool(flip)
+    def faces(self, index: np.ndarray) -> torch.Tensor:
+        """uint8 (B, size, size, 3) faces at `index`, unaugmented."""
+        if self.decoded is not None:
+            order = np.argsort(index, kind="stable")  # a memmap gathers fastest in file order
+            out = np.empty((len(index), self.size, self.size, 3), np.uint8)
+            out[order] = self.decoded[index[order]]
+            return torch.from_numpy(out)
+        describe = getattr(self.source, "describe", lambda i: f"training record {i}")
+        return torch.from_numpy(np.stack([checked_face(self.source.image(int(i)), describe(int(i)), self.size)
+                                          for i in index]))
+
+    def __getitem__(self, keys: list[tuple[int, bool, int, int]]) -> dict[str, Any]:
+        from .views import augment_batch
+
+        index = np.array([k[0] for k in keys], dtype=np.int64)
+        flip = torch.tensor([bool(k[1]) for k in keys], dtype=torch.bool)
+        view = np.array([k[3] if len(k) > 3 else 0 for k in keys], dtype=np.int64)
+        epoch = int(keys[0][2]) if keys else 0
+        faces = augment_batch(self.faces(index), index, flip, view, self.spec,
+                              online=(self.seed, epoch) if self.online else None)
+        return {"faces": faces, "labels": torch.from_numpy(self.labels[index].astype(np.int64)),
+                "index": torch.from_numpy(index), "flip": flip, "view": torch.from_numpy(view)}
 
 
-def collate(items: list[tuple[np.ndarray, int, int, bool]]) -> dict[str, Any]:
-    faces, labels, index, flip = zip(*items)
-    return {"faces": torch.from_numpy(np.stack(faces)), "labels": torch.tensor(labels, dtype=torch.int64),
-            "index": torch.tensor(index, dtype=torch.int64), "flip": torch.tensor(flip, dtype=torch.bool)}
+def as_is(batch):
+    """DataLoader collate for readers that already return whole batches."""
+    return batch
 
 
 def student_input(faces: torch.Tensor, device: torch.device, pre: Preprocess = STUDENT_PREPROCESS) -> torch.Tensor:

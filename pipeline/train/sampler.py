@@ -25,6 +25,7 @@ class ShardPlan:
     rank: int = 0
     seed: int = 0
     flip: bool = False
+    views: int = 0  # cached augmented views per face besides the face itself (views.py)
 
     def __post_init__(self):
         if self.n < 1:
@@ -46,15 +47,16 @@ class ShardPlan:
     def steps_per_epoch(self) -> int:
         return self.n // self.global_batch
 
-    def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(permutation, flip flag per sample index) of one epoch."""
+    def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(permutation, flip flag, view 0..views) per sample index, of one epoch."""
         rng = np.random.default_rng([self.seed, epoch, 0x5A3])
         perm = rng.permutation(self.n)
         flips = rng.random(self.n) < 0.5 if self.flip else np.zeros(self.n, bool)
-        return perm, flips
+        views = rng.integers(0, self.views + 1, size=self.n) if self.views else np.zeros(self.n, np.int64)
+        return perm, flips, views
 
     def global_batch_indices(self, epoch: int, step: int) -> np.ndarray:
-        perm, _ = self.order(epoch)
+        perm = self.order(epoch)[0]
         return perm[step * self.global_batch:(step + 1) * self.global_batch]
 
     def batches(self, epoch: int, start: int = 0) -> "EpochBatches":
@@ -67,7 +69,7 @@ class ShardPlan:
 
 
 class EpochBatches:
-    """Iterable of this rank's batches in one epoch: lists of (sample index, flip, epoch) keys."""
+    """Iterable of this rank's batches in one epoch: lists of (sample index, flip, epoch, view) keys."""
 
     def __init__(self, plan: ShardPlan, epoch: int, start: int = 0):
         if not 0 <= start <= plan.steps_per_epoch:
@@ -77,13 +79,13 @@ class EpochBatches:
     def __len__(self) -> int:
         return self.plan.steps_per_epoch - self.start
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, bool, int, int]]]:
         p = self.plan
-        perm, flips = p.order(self.epoch)
+        perm, flips, views = p.order(self.epoch)
         lo = p.rank * p.local_batch
         for step in range(self.start, p.steps_per_epoch):
             rows = perm[step * p.global_batch + lo: step * p.global_batch + lo + p.local_batch]
-            yield [(int(i), bool(flips[i]), self.epoch) for i in rows]
+            yield [(int(i), bool(flips[i]), self.epoch, int(views[i])) for i in rows]
 
 
 class BatchStream:
@@ -95,7 +97,7 @@ class BatchStream:
     def __len__(self) -> int:
         return self.count
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, bool, int, int]]]:
         left, epoch, start = self.count, self.epoch, self.start
         while left > 0:
             for batch in EpochBatches(self.plan, epoch, start):

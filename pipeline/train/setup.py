@@ -10,8 +10,8 @@ from pathlib import Path
 from facepipe.pipeline.config import PipelineConfig
 
 # distill keys that do not change the training trajectory: a checkpoint stays resumable across them
-NEUTRAL_KEYS = ("devices", "num_workers", "eval_every", "benchmarks", "best_metric", "save_every", "log_every",
-                "tensorboard")
+NEUTRAL_KEYS = ("devices", "num_workers", "data", "compile", "eval_every", "benchmarks", "best_metric", "save_every",
+                "log_every", "tensorboard")
 
 
 def eval_specs(cfg: PipelineConfig) -> list[str]:
@@ -83,9 +83,10 @@ def build_trainer(job: dict, env, device):
         raise ModelError(f"teacher cache {cache.path} holds {cache.n} embeddings but {train} has "
                          f"{len(source)} faces: re-run the teacher stage")
     skipped = cache.skipped_summary(source) if cache is not None else {"count": 0, "first": []}
-    teacher_emb = teacher_flip = None
+    teacher_emb = teacher_flip = views = views_flip = None
     if cache is not None:
         teacher_emb, teacher_flip = cache.embeddings, cache.flipped
+        views, views_flip = cache.views, cache.views_flipped
     if skipped["count"]:  # the faces the teacher stage left out (data.on_error=skip) are not trained on either
         from facepipe.pipeline.data.imagefolder import SubsetSource
 
@@ -95,10 +96,14 @@ def build_trainer(job: dict, env, device):
         source, labels = SubsetSource(source, keep), labels[keep]
         teacher_emb = np.asarray(teacher_emb)[keep]
         teacher_flip = np.asarray(teacher_flip)[keep] if teacher_flip is not None else None
+        views = np.asarray(views)[:, keep] if views is not None else None
+        views_flip = np.asarray(views_flip)[:, keep] if views_flip is not None else None
     choice = choose_teacher_mode(d.teacher_mode, d.augment, cache is not None,
-                                 cache is not None and cache.flipped is not None)
+                                 cache is not None and cache.flipped is not None,
+                                 cache.view_count if cache is not None else 0)
     if choice.mode == "cache":
-        targets = CachedTargets(teacher_emb, teacher_flip, where=f"teacher cache {cache.path}")
+        targets = CachedTargets(teacher_emb, teacher_flip, where=f"teacher cache {cache.path}", views=views,
+                                views_flipped=views_flip)
     else:
         from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
 
@@ -152,10 +157,17 @@ def build_trainer(job: dict, env, device):
     meta = {"arch": d.student.arch, "embedding_size": d.student.embedding_size,
             "preprocess": STUDENT_PREPROCESS.to_dict(), "teacher_embedding_size": targets.dim,
             "losses": [t.model_dump(mode="json") for t in d.losses]}
+    decoded = None
+    if d.data == "decoded":
+        from facepipe.pipeline.eval.evaluate import embeddings_cache_dir
+
+        from .decoded import decode_training_set
+
+        decoded = decode_training_set(source, embeddings_cache_dir(), show_progress=env.is_main)
     trainer = Trainer(d, student, loss, source, out_dir=Path(job["out_dir"]), identity=identity, seed=cfg.run.seed,
                       targets=targets, labels=labels, env=env, device=device,
                       evaluator=evaluator if env.is_main else None, best_metric=best_metric,
-                      student_meta=meta, log=say)
+                      student_meta=meta, log=say, decoded=decoded)
     trainer.student_meta["fingerprint"] = trainer.fingerprint
     trainer.info = {"teacher_mode": choice.mode, "teacher_mode_reason": choice.reason,
                     "skipped_images": skipped["count"], "skipped_first": skipped["first"],

@@ -1,8 +1,14 @@
-"""Step-time benchmark: the same batch trained with teacher embeddings from the cache vs the teacher online.
+"""Step-time benchmark of the training loop: img/s, where a step's time goes, and how far from the FLOP floor.
 
-Used by `facepipe distill --bench-step N`. Each mode gets its own freshly built Trainer (same seed, so the
-same initial student); one warm-up step, then N timed steps on one fixed batch. The teacher's share is
-timed separately (cache lookup vs a forward pass of the teacher over the batch).
+Used by `facepipe distill --bench-step N`. Each setting gets its own freshly built Trainer (same seed, so the
+same initial student and the same batches in the same order) and runs its real loader: `warmup` steps (a
+compiled student compiles here), then N timed steps, each split into
+  data       waiting for the loader's next batch (decode or memmap gather, augmentation)
+  teacher    teacher targets (cache lookup, or the teacher online) and the student's input tensor
+  forward    student forward and the loss
+  backward   backward (and the gradient all-reduce of the loss head)
+  optimizer  gradient clipping and the optimizer step
+The floor is the machine's measured sgemm speed over the student's FLOPs per image (floor.py).
 """
 
 from __future__ import annotations
@@ -11,44 +17,52 @@ import time
 from statistics import median
 from typing import Callable
 
-from .data import collate
+PARTS = ("data", "teacher", "forward", "backward", "optimizer")
+
+# The settings before issue 17 (JPEG decoding in 2 loader workers, eager fp32 student), kept as the
+# reference row of --bench-step.
+LEGACY = {"data": "files", "num_workers": 2, "compile": "off"}
 
 
-def fixed_batch(trainer) -> dict:
-    """Global batch 0 of epoch 0, unflipped, as the loader would deliver it to a single process."""
-    idx = trainer.plan.global_batch_indices(0, 0)
-    return collate([trainer.dataset[(int(i), False, 0)] for i in idx])
-
-
-def time_mode(trainer, batch: dict, steps: int, warmup: int = 1) -> dict:
-    """Median ms of the teacher part and of the whole step, steps/s and img/s."""
+def time_loop(trainer, steps: int, warmup: int = 2) -> dict:
+    """Median ms per part and per step over `steps` timed steps of the trainer's own loader."""
+    trainer._wrap_ddp()
+    trainer.student.train()
+    trainer.loss.train()
+    it = iter(trainer.loader(warmup + steps))
+    t0 = time.perf_counter()
     for _ in range(warmup):
-        trainer.train_step(batch)
-    teacher_ms, step_ms = [], []
+        trainer.train_step(next(it))
+    warm_s = time.perf_counter() - t0
+    parts: dict[str, list[float]] = {p: [] for p in PARTS}
+    totals, n = [], 0
     for _ in range(steps):
-        t0 = time.perf_counter()
-        if trainer.targets is not None:
-            trainer.targets(batch)
-        t1 = time.perf_counter()
+        trainer.marks = []
+        t_wait = time.perf_counter()
+        batch = next(it)
         trainer.train_step(batch)
-        t2 = time.perf_counter()
-        teacher_ms.append((t1 - t0) * 1e3)
-        step_ms.append((t2 - t1) * 1e3)
-    total = median(step_ms)
-    teacher = median(teacher_ms)
-    n = len(batch["labels"])
-    return {"mode": trainer.targets.mode if trainer.targets is not None else "none", "batch": n,
-            "teacher_ms": round(teacher, 2), "student_ms": round(total - teacher, 2), "step_ms": round(total, 2),
-            "steps_per_s": round(1e3 / total, 4), "img_per_s": round(n * 1e3 / total, 2)}
+        marks = dict(trainer.marks)
+        trainer.marks = None
+        n = len(batch["labels"])
+        parts["data"].append(marks["start"] - t_wait)
+        for part, begin in zip(PARTS[1:], ("start", "teacher", "forward", "backward")):
+            parts[part].append(marks[part] - marks[begin])
+        totals.append(marks["optimizer"] - t_wait)
+    step_ms = median(totals) * 1e3
+    return {"batch": n, "step_ms": round(step_ms, 1), "img_per_s": round(n * 1e3 / step_ms, 2),
+            **{f"{p}_ms": round(median(v) * 1e3, 1) for p, v in parts.items()},
+            "warmup_s": round(warm_s, 1), "compiled": bool(trainer.compiled),
+            "data_mode": trainer.cfg.data, "num_workers": trainer.cfg.num_workers}
 
 
-def bench_modes(factories: dict[str, Callable[[], object]], steps: int, warmup: int = 1) -> list[dict]:
-    """Time each mode's trainer on the batch of the first mode (so every mode sees the same faces)."""
-    rows, batch = [], None
-    for mode, make in factories.items():
-        trainer = make()
-        batch = batch if batch is not None else fixed_batch(trainer)
-        rows.append({**time_mode(trainer, batch, steps, warmup), "mode": mode})
+def bench_settings(factories: dict[str, Callable[[], object]], steps: int, warmup: int = 2) -> list[dict]:
+    """Time each setting's trainer in turn (each on the same batches)."""
+    return [{"setting": name, **time_loop(make(), steps, warmup)} for name, make in factories.items()]
+
+
+def add_floor(rows: list[dict], floor_img_s: float) -> list[dict]:
+    for r in rows:
+        r["floor_fraction"] = round(r["img_per_s"] / floor_img_s, 4)
     return rows
 
 
@@ -56,9 +70,12 @@ def bench_table(rows: list[dict], title: str):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("mode", "batch", "teacher ms", "student ms", "step ms", "steps/s", "img/s"):
-        t.add_column(col, justify="left" if col == "mode" else "right")
+    cols = ("setting", "batch", *(f"{p} ms" for p in PARTS), "step ms", "img/s", "of floor", "speed-up", "warm-up s")
+    for col in cols:
+        t.add_column(col, justify="left" if col == "setting" else "right")
+    base = rows[0]["img_per_s"] if rows else 1.0
     for r in rows:
-        t.add_row(r["mode"], str(r["batch"]), f"{r['teacher_ms']:.1f}", f"{r['student_ms']:.1f}",
-                  f"{r['step_ms']:.1f}", f"{r['steps_per_s']:.3f}", f"{r['img_per_s']:.1f}")
+        t.add_row(r["setting"], str(r["batch"]), *(f"{r[f'{p}_ms']:.1f}" for p in PARTS), f"{r['step_ms']:.1f}",
+                  f"{r['img_per_s']:.1f}", f"{100 * r['floor_fraction']:.1f}%" if "floor_fraction" in r else "-",
+                  f"{r['img_per_s'] / base:.2f}x", f"{r['warmup_s']:.1f}")
     return t

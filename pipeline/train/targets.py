@@ -1,8 +1,9 @@
 """Teacher embeddings for a training batch: looked up in the teacher cache, or computed online.
 
 The cache holds the teacher's embedding of every training face (and of its mirror image when built with
-teacher.flip), so it can serve batches whose only augmentation is a horizontal flip. Any other random
-augmentation changes the pixels the teacher must see, and the teacher runs online on the augmented batch.
+teacher.flip), and of distill.augment.views fixed augmented views of it (train/views.py), so it serves
+batches augmented by flips and cached views. Fresh random augmentation (shift / scale / color with views: 0)
+changes the pixels the teacher must see, and the teacher runs online on the augmented batch.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from facepipe.pipeline.errors import ConfigError
 
 
 class CachedTargets:
-    """Rows of the teacher cache: embeddings[i], or flipped[i] for a mirrored sample."""
+    """Rows of the teacher cache: embeddings[i], or flipped[i] for a mirrored sample; views[v - 1][i] (and
+    views_flipped) for cached view v."""
 
     mode = "cache"
 
-    def __init__(self, embeddings: np.ndarray, flipped: np.ndarray | None = None, where: str = "teacher cache"):
+    def __init__(self, embeddings: np.ndarray, flipped: np.ndarray | None = None, where: str = "teacher cache",
+                 views: np.ndarray | None = None, views_flipped: np.ndarray | None = None):
         self.embeddings, self.flipped, self.where = embeddings, flipped, where
+        self.views, self.views_flipped = views, views_flipped
 
     @property
     def dim(self) -> int:
@@ -39,6 +43,15 @@ class CachedTargets:
                 raise ConfigError(f"{self.where} has no mirrored-face embeddings but the batch is flipped: "
                                   "set teacher.flip=true (then re-run the teacher stage) or distill.augment.flip=false")
             out[flip] = self.flipped[idx[flip]]
+        view = batch["view"].numpy() if "view" in batch else np.zeros(len(idx), np.int64)
+        for v in np.unique(view[view > 0]):
+            if self.views is None or v > len(self.views):
+                raise ConfigError(f"{self.where} holds {0 if self.views is None else len(self.views)} augmented "
+                                  f"views but the batch asks for view {int(v)}: re-run the teacher stage")
+            for mirrored, table in ((False, self.views), (True, self.views_flipped)):
+                rows = np.flatnonzero((view == v) & (flip == mirrored))
+                if len(rows):
+                    out[rows] = table[v - 1][idx[rows]]
         return torch.from_numpy(out)
 
 
@@ -65,14 +78,22 @@ class ModeChoice:
     reason: str
 
 
-def choose_teacher_mode(requested: str, augment, has_cache: bool, cache_has_flip: bool) -> ModeChoice:
+def choose_teacher_mode(requested: str, augment, has_cache: bool, cache_has_flip: bool,
+                        cache_views: int = 0) -> ModeChoice:
     """Decide cache vs online for distill.teacher_mode (auto | cache | online) and the augmentation."""
+    from .views import ViewSpec
+
     blockers = []
+    views = int(getattr(augment, "views", 0) or 0)
     if not has_cache:
         blockers.append("no teacher cache (teacher.cache is false)")
-    if augment.shift or augment.color:
+    if ViewSpec.of(augment).active and not views:
         blockers.append(f"random augmentation beyond flips (distill.augment.shift={augment.shift}, "
-                        f"color={augment.color}) changes the pixels the teacher must see")
+                        f"scale={getattr(augment, 'scale', 0.0)}, color={augment.color}) with views: 0 changes the "
+                        "pixels the teacher must see (set distill.augment.views to cache fixed views)")
+    if views and has_cache and cache_views != views:
+        blockers.append(f"distill.augment.views={views} but the cache holds {cache_views} views "
+                        "(re-run the teacher stage)")
     if augment.flip and has_cache and not cache_has_flip:
         blockers.append("flip augmentation but the cache has no mirrored-face embeddings "
                         "(set teacher.flip=true, or distill.augment.flip=false)")

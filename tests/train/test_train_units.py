@@ -15,7 +15,7 @@ from facepipe.pipeline.config import AugmentConfig, DistillConfig, LaunchConfig
 from facepipe.pipeline.errors import ConfigError, DataError
 from facepipe.pipeline.train.checkpoint import (CheckpointError, check_matches, fingerprint_of, load_checkpoint,
                                                 rng_state, save_checkpoint, set_rng_state)
-from facepipe.pipeline.train.data import augment_face, read_labels, student_input
+from facepipe.pipeline.train.data import read_labels, student_input
 from facepipe.pipeline.train.dist import DistEnv, choose_backend
 from facepipe.pipeline.train.launch import parse_endpoint, torchrun_command
 from facepipe.pipeline.train.logs import CsvLog, read_csv
@@ -96,15 +96,6 @@ def test_labels_checked_against_the_class_count():
         read_labels(SynthFaces(10, 3, bad={7: 9, 8: -1}))
     with pytest.raises(DataError, match="is empty"):
         read_labels(SynthFaces(0, 3))
-
-
-def test_augmentation_is_a_function_of_its_key():
-    img = SynthFaces(2, 2).image(0)
-    assert np.array_equal(augment_face(img, True, 0, 0.0, (0,)), img[:, ::-1])
-    a = augment_face(img, False, 6, 0.3, (1, 2, 3))
-    assert np.array_equal(a, augment_face(img, False, 6, 0.3, (1, 2, 3)))
-    assert not np.array_equal(a, augment_face(img, False, 6, 0.3, (1, 2, 4)))
-    assert a.shape == img.shape and a.dtype == np.uint8
 
 
 def test_student_input_matches_the_embedder_preprocessing():
