@@ -86,7 +86,7 @@ class AugmentConfig(Section):
     picks one per sample and epoch from the cache; with views: 0, shift / scale / color are fresh random
     augmentation and force online teacher embeddings."""
 
-    flip: bool = False  # random horizontal flip, p = 0.5 (from the cache only with teacher.flip: true)
+    flip: bool = False  # random horizontal flip, p = 0.5 (the teacher stage then caches mirrored faces too)
     shift: int = Field(default=0, ge=0, le=32)  # translation of up to N pixels (edge-replicated)
     scale: float = Field(default=0.0, ge=0, le=0.5)  # zoom about the centre by a factor in [1 - s, 1 + s]
     color: float = Field(default=0.0, ge=0, le=1)  # brightness and contrast factors drawn from [1 - c, 1 + c]
@@ -394,7 +394,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "smoke": (
         "run.name=smoke", "data.benchmarks=[lfw@1]", "teacher.check=[lfw@1]", "teacher.cache=false",
         "distill.losses=[{name: feature_kd, weight: 1.0}]", "distill.steps=60", "distill.lr=0.1",
-        "distill.batch_size=32",
+        "distill.batch_size=32", "distill.augment={flip: false}",
         "distill.warmup_epochs=0", "distill.tensorboard=false", "distill.best_metric=lfw@1_accuracy",
         "quantize.images=64", "quantize.calib_images=32", "quantize.steps=5", "quantize.batch_size=16",
         "quantize.freeze_after=3", "export.parity_faces=16", "export.int8_cos_floor=0.995", "bench.runs=10", "bench.warmup=2",

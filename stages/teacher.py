@@ -37,7 +37,7 @@ def run(ctx: StageContext) -> StageResult:
 
     from facepipe.pipeline.eval.cache import open_or_build
     from facepipe.pipeline.eval.evaluate import embeddings_cache_dir, evaluate_model, results_table, roc_curves
-    from facepipe.pipeline.train.views import cached_views
+    from facepipe.pipeline.train.views import cache_flip, cached_views
     from facepipe.pipeline.io import atomic_write_json
     from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
 
@@ -78,7 +78,7 @@ def run(ctx: StageContext) -> StageResult:
         faces = open_face_source(cfg.train_path(), on_error=cfg.data.on_error)
         # Built once in the shared, content-keyed cache (other runs with the same teacher and data reuse it),
         # then copied into this stage's folder so the run's outputs stand on their own.
-        shared, reused = open_or_build(source, faces, embeddings_cache_dir(), flip=cfg.teacher.flip,
+        shared, reused = open_or_build(source, faces, embeddings_cache_dir(), flip=cache_flip(cfg),
                                        batch_size=cfg.data.batch_size, embedder=embedder,
                                        views=cached_views(cfg.distill.augment))
         cache = shared.copy_to(ctx.output_path("cache"))
@@ -108,7 +108,7 @@ def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
     from facepipe.pipeline.io import atomic_path
     from facepipe.pipeline.progress import console
     from facepipe.pipeline.data.synthetic.dcgan import dcgan_faces
-    from facepipe.pipeline.train.views import cached_views
+    from facepipe.pipeline.train.views import cache_flip, cached_views
 
     cfg = ctx.config
     console.print(f"[yellow]{datafree.NOTE}[/]")
@@ -124,7 +124,7 @@ def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
         outputs[role] = ctx.output_path(rel)
     if cfg.teacher.cache:
         faces = open_face_source(train_dir, on_error="fail")
-        shared, _ = open_or_build(source, faces, embeddings_cache_dir(), flip=cfg.teacher.flip,
+        shared, _ = open_or_build(source, faces, embeddings_cache_dir(), flip=cache_flip(cfg),
                                   batch_size=cfg.data.batch_size, embedder=embedder,
                                   views=cached_views(cfg.distill.augment))
         cache = shared.copy_to(ctx.output_path("cache"))

@@ -109,13 +109,13 @@ def register(app: typer.Typer) -> None:
         """Cache the teacher's embeddings of data.train (reused when teacher, data and flip are unchanged)."""
         from ..eval.cache import open_or_build
         from ..teachers import resolve_teacher
-        from ..train.views import cached_views
+        from ..train.views import cache_flip, cached_views
 
         cfg = load(config, set_)
         target = cache_dir if cache_dir is not None else cfg.run_dir() / "teacher" / "cache"
         faces = _open_train_source(cfg)
         src = resolve_teacher(cfg.teacher, cfg.base_dir)
-        found, reused = open_or_build(src, faces, target, flip=cfg.teacher.flip,
+        found, reused = open_or_build(src, faces, target, flip=cache_flip(cfg),
                                       batch_size=batch_size or cfg.data.batch_size, rebuild=rebuild,
                                       device=cfg.run.device, threads=cfg.run.threads,
                                       views=cached_views(cfg.distill.augment))

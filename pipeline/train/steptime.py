@@ -14,7 +14,7 @@ The floor is the machine's measured sgemm speed over the student's FLOPs per ima
 from __future__ import annotations
 
 import time
-from statistics import median
+from statistics import mean
 from typing import Callable
 
 PARTS = ("data", "teacher", "forward", "backward", "optimizer")
@@ -25,8 +25,9 @@ LEGACY = {"data": "files", "num_workers": 2, "compile": "off"}
 
 
 def time_loop(trainer, steps: int, warmup: int = 2) -> dict:
-    """Median ms per part and per step over `steps` timed steps of the trainer's own loader."""
-    trainer._wrap_ddp()
+    """Mean ms per part and per step (the parts add up to the step) over `steps` timed steps of the
+    trainer's own loader."""
+    trainer.wrap_model()
     trainer.student.train()
     trainer.loss.train()
     it = iter(trainer.loader(warmup + steps))
@@ -48,9 +49,9 @@ def time_loop(trainer, steps: int, warmup: int = 2) -> dict:
         for part, begin in zip(PARTS[1:], ("start", "teacher", "forward", "backward")):
             parts[part].append(marks[part] - marks[begin])
         totals.append(marks["optimizer"] - t_wait)
-    step_ms = median(totals) * 1e3
+    step_ms = mean(totals) * 1e3
     return {"batch": n, "step_ms": round(step_ms, 1), "img_per_s": round(n * 1e3 / step_ms, 2),
-            **{f"{p}_ms": round(median(v) * 1e3, 1) for p, v in parts.items()},
+            **{f"{p}_ms": round(mean(v) * 1e3, 1) for p, v in parts.items()},
             "warmup_s": round(warm_s, 1), "compiled": bool(trainer.compiled),
             "data_mode": trainer.cfg.data, "num_workers": trainer.cfg.num_workers}
 

@@ -41,7 +41,8 @@ class CachedTargets:
         if flip.any():
             if self.flipped is None:
                 raise ConfigError(f"{self.where} has no mirrored-face embeddings but the batch is flipped: "
-                                  "set teacher.flip=true (then re-run the teacher stage) or distill.augment.flip=false")
+                                  "re-run the teacher stage (it caches mirrored faces when distill.augment.flip or teacher.flip is set) "
+                                  "or set distill.augment.flip=false")
             out[flip] = self.flipped[idx[flip]]
         view = batch["view"].numpy() if "view" in batch else np.zeros(len(idx), np.int64)
         for v in np.unique(view[view > 0]):
@@ -96,7 +97,7 @@ def choose_teacher_mode(requested: str, augment, has_cache: bool, cache_has_flip
                         "(re-run the teacher stage)")
     if augment.flip and has_cache and not cache_has_flip:
         blockers.append("flip augmentation but the cache has no mirrored-face embeddings "
-                        "(set teacher.flip=true, or distill.augment.flip=false)")
+                        "(re-run the teacher stage: it caches them when distill.augment.flip or teacher.flip is set)")
     if requested == "online":
         return ModeChoice("online", "distill.teacher_mode=online")
     if requested == "cache":

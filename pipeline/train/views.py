@@ -116,3 +116,9 @@ def cached_views(augment) -> dict | None:
     spec = ViewSpec.of(augment)
     count = int(getattr(augment, "views", 0) or 0)
     return {"count": count, "spec": spec.to_dict()} if count and spec.active else None
+
+
+def cache_flip(cfg) -> bool:
+    """Whether the teacher cache holds mirrored faces' embeddings: for flip-fused evaluation (teacher.flip) or
+    for flip augmentation (distill.augment.flip), which needs them without fusing every evaluation."""
+    return bool(cfg.teacher.flip or cfg.distill.augment.flip)

@@ -113,7 +113,7 @@ def test_cache_rows_follow_index_and_flip():
     t = CachedTargets(emb, flipped)
     batch = {"index": torch.tensor([4, 1, 2]), "flip": torch.tensor([False, True, False])}
     assert t(batch).tolist() == [[8, 9], [-2, -3], [4, 5]]
-    with pytest.raises(ConfigError, match="no mirrored-face embeddings.*teacher.flip=true"):
+    with pytest.raises(ConfigError, match="no mirrored-face embeddings.*re-run the teacher stage"):
         CachedTargets(emb)(batch)
 
 
