@@ -140,10 +140,8 @@ def _bench(cfg, steps: int, json_out: Optional[Path], out) -> None:
             return build_trainer(job, env, device)
         return make
 
-    legacy = "legacy (" + ", ".join(f"{k}={v}" for k, v in LEGACY.items()) + ")"
-    configured = f"this config (data={d.data}, num_workers={d.num_workers}, compile={d.compile})"
     with tempfile.TemporaryDirectory(prefix="facepipe-bench-") as tmp:
-        factories = {legacy: factory(LEGACY, tmp, "legacy"), configured: factory({}, tmp, "configured")}
+        factories = {"legacy": factory(LEGACY, tmp, "legacy"), "this config": factory({}, tmp, "configured")}
         rows = bench_settings(factories, steps)
         from facepipe.models.registry import build_model
 
@@ -153,8 +151,12 @@ def _bench(cfg, steps: int, json_out: Optional[Path], out) -> None:
     add_floor(rows, floor)
     cpu = cpu_info()
     machine = f"{cpu['model']} ({cpu['isa']['summary']}), {torch.get_num_threads()} threads"
+    settings = {"legacy": LEGACY, "this config": {"data": d.data, "num_workers": d.num_workers, "compile": d.compile}}
+    for r in rows:
+        r["settings"] = settings[r["setting"]]
+    caption = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in kv.items()) for name, kv in settings.items())
     out.print(bench_table(rows, title=f"distill loop, {d.student.arch} emb {d.student.embedding_size}, batch "
-                                      f"{d.batch_size}, {steps} steps, {device}"))
+                                      f"{d.batch_size}, {steps} steps, {device}", caption=caption))
     out.print(f"floor: sgemm {gflops:.1f} GFLOP/s / {gflop:.3f} GFLOP per image (forward + backward) = "
               f"{floor:.1f} img/s on {machine}", markup=False, highlight=False)
     if json_out:

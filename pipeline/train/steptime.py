@@ -67,10 +67,10 @@ def add_floor(rows: list[dict], floor_img_s: float) -> list[dict]:
     return rows
 
 
-def bench_table(rows: list[dict], title: str):
+def bench_table(rows: list[dict], title: str, caption: str | None = None):
     from rich.table import Table
 
-    t = Table(title=title)
+    t = Table(title=title, caption=caption)
     cols = ("setting", "batch", *(f"{p} ms" for p in PARTS), "step ms", "img/s", "of floor", "speed-up", "warm-up s")
     for col in cols:
         t.add_column(col, justify="left" if col == "setting" else "right")

