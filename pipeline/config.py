@@ -133,6 +133,12 @@ class DistillConfig(Section):
     # torch.compile the student's training step: auto compiles when the run is long enough to repay the
     # compilation (measured ~50 s on CPU for MobileFaceNet) and a C++ compiler is present (inductor needs one)
     compile: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        """YAML reads a bare on / off as true / false: take them as "on" / "off"."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
     eval_every: int = Field(default=0, ge=0)  # steps between evaluations on rank 0 (0: at the end only)
     benchmarks: list[str] | None = None  # evaluation benchmarks; null: data.benchmarks
     best_metric: str = "lfw_accuracy"  # <benchmark>_<accuracy|val|...>, higher is better; picks best.pt

