@@ -81,7 +81,7 @@ class LossTerm(Section):
 
 
 class AugmentConfig(Section):
-    """Training augmentation (train/views.py). With views: V > 0 the teacher stage caches V fixed augmented
+    """Training augmentation (data/views.py). With views: V > 0 the teacher stage caches V fixed augmented
     views of every face drawn from shift / scale / color (and their mirrors with teacher.flip), and training
     picks one per sample and epoch from the cache; with views: 0, shift / scale / color are fresh random
     augmentation and force online teacher embeddings."""

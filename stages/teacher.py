@@ -37,7 +37,7 @@ def run(ctx: StageContext) -> StageResult:
 
     from facepipe.pipeline.eval.cache import open_or_build
     from facepipe.pipeline.eval.evaluate import embeddings_cache_dir, evaluate_model, results_table, roc_curves
-    from facepipe.pipeline.train.views import cache_flip, cached_views
+    from facepipe.pipeline.data.views import cache_flip, cached_views
     from facepipe.pipeline.io import atomic_write_json
     from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
 
@@ -108,7 +108,7 @@ def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
     from facepipe.pipeline.io import atomic_path
     from facepipe.pipeline.progress import console
     from facepipe.pipeline.data.synthetic.dcgan import dcgan_faces
-    from facepipe.pipeline.train.views import cache_flip, cached_views
+    from facepipe.pipeline.data.views import cache_flip, cached_views
 
     cfg = ctx.config
     console.print(f"[yellow]{datafree.NOTE}[/]")

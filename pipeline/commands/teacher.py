@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         """Cache the teacher's embeddings of data.train (reused when teacher, data and flip are unchanged)."""
         from ..eval.cache import open_or_build
         from ..teachers import resolve_teacher
-        from ..train.views import cache_flip, cached_views
+        from ..data.views import cache_flip, cached_views
 
         cfg = load(config, set_)
         target = cache_dir if cache_dir is not None else cfg.run_dir() / "teacher" / "cache"

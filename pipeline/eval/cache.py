@@ -4,7 +4,7 @@ Layout under cache_dir, for key K = cache_key(teacher, faces, flip):
   K.npy        float32 (N, D) embeddings of the faces
   K.flip.npy   float32 (N, D) embeddings of the mirrored faces (flip=True only)
   K.views.npy  float32 (V, N, D) embeddings of V fixed augmented views of every face (views=V > 0 only;
-               train/views.py renders them), and K.views.flip.npy of their mirrors (with flip)
+               data/views.py renders them), and K.views.flip.npy of their mirrors (with flip)
   K.json       sidecar {format, key, teacher, data, preprocess, n, dim, flip, skipped, complete, ...}, written last
 Arrays are filled under temporary names and renamed when complete; the sidecar is the commit marker, so
 a killed build is never reused, and a changed teacher file, preprocessing, image bytes, flip, reading /
@@ -27,7 +27,7 @@ from ..errors import DataError, DiskFull, ModelError
 from ..io import atomic_write_json, exclusive_lock, free_bytes, remove_orphans, reserve_space, sha256_json
 
 CACHE_FORMAT = 1
-VIEWS_MODULE = "facepipe.pipeline.train.views"
+VIEWS_MODULE = "facepipe.pipeline.data.views"
 TEACHER_RUNTIMES = ("torch", "onnx", "onnxruntime")  # every teacher kind loads through these
 
 
@@ -46,7 +46,7 @@ def cache_key(model_source, faces: FaceSourceLike, flip: bool, device: str = "cp
     preprocessing), the faces' content hash, the flip flag, the code that reads, aligns, preprocesses and
     embeds them (the import closure of the face source, the model source and this module), and the runtime
     that computes them (versions, CPU / GPU; see embedding_context). `views` ({"count", "spec"}; see
-    train/views.py) adds cached augmented views, and the code that renders them, to the key."""
+    data/views.py) adds cached augmented views, and the code that renders them, to the key."""
     key = {"format": CACHE_FORMAT, "teacher": model_source.fingerprint(), "data": faces.content_hash(),
            "flip": bool(flip), **embedding_context(model_source, faces, device)}
     if views and views.get("count"):
@@ -185,7 +185,7 @@ class TeacherCache:
     def build(cls, embedder, source: FaceSourceLike, cache_dir: str | os.PathLike, key: str, flip: bool = False,
               batch_size: int = 64, show_progress: bool = True, views: dict | None = None) -> "TeacherCache":
         """Embed every face of `source` with `embedder` (and its mirror when flip; and `views["count"]`
-        augmented views drawn from `views["spec"]`, train/views.py) into a new cache."""
+        augmented views drawn from `views["spec"]`, data/views.py) into a new cache."""
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         # One builder per entry at a time: two runs embedding the same faces with the same model (two
@@ -317,10 +317,10 @@ def _fill(embedder, source: FaceSourceLike, plain: np.ndarray, mirrored: np.ndar
 
 
 def _view_pixels(faces: np.ndarray, index: np.ndarray, view: int, view_cfg: dict) -> np.ndarray:
-    """View `view` of the faces at `index`, rendered exactly as distillation renders it (train/views.py)."""
+    """View `view` of the faces at `index`, rendered exactly as distillation renders it (data/views.py)."""
     import torch
 
-    from ..train.views import ViewSpec, render, view_params
+    from ..data.views import ViewSpec, render, view_params
     from ..embedder import resize_faces
 
     if faces.shape[1:3] != (112, 112):

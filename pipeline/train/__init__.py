@@ -5,7 +5,6 @@ Heavy modules (torch) are imported by the submodules only; importing this packag
     trainer     Trainer, TrainResult, TrainingDiverged, seed_everything, compile_choice
     data        BatchReader (whole batches from files or the decoded memmap), read_labels, student_input
     decoded     decode_training_set (the training set as a uint8 memmap, decoded once, content-keyed)
-    views       batched augmentation: cached views and online random views, mirrors
     sampler     ShardPlan (deterministic, resumable DistributedSampler-like sharding)
     targets     CachedTargets, OnlineTargets, choose_teacher_mode, teacher_class_centers
     schedule    Schedule, build_schedule (step / poly / cosine / constant with warmup)

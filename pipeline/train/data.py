@@ -71,7 +71,7 @@ class BatchReader(torch.utils.data.Dataset):
 
     def __init__(self, source: FaceSource, labels: np.ndarray, *, decoded: np.ndarray | None = None,
                  spec=None, online: bool = False, seed: int = 0, size: int = 112):
-        from .views import ViewSpec
+        from facepipe.pipeline.data.views import ViewSpec
 
         self.source, self.labels, self.decoded, self.size = source, labels, decoded, size
         self.spec, self.online, self.seed = spec or ViewSpec(), online, seed
@@ -91,7 +91,7 @@ class BatchReader(torch.utils.data.Dataset):
                                           for i in index]))
 
     def __getitem__(self, keys: list[tuple[int, bool, int, int]]) -> dict[str, Any]:
-        from .views import augment_batch
+        from facepipe.pipeline.data.views import augment_batch
 
         index = np.array([k[0] for k in keys], dtype=np.int64)
         flip = torch.tensor([bool(k[1]) for k in keys], dtype=torch.bool)

@@ -1,7 +1,7 @@
 """Teacher embeddings for a training batch: looked up in the teacher cache, or computed online.
 
 The cache holds the teacher's embedding of every training face (and of its mirror image when built with
-teacher.flip), and of distill.augment.views fixed augmented views of it (train/views.py), so it serves
+teacher.flip), and of distill.augment.views fixed augmented views of it (data/views.py), so it serves
 batches augmented by flips and cached views. Fresh random augmentation (shift / scale / color with views: 0)
 changes the pixels the teacher must see, and the teacher runs online on the augmented batch.
 """
@@ -82,7 +82,7 @@ class ModeChoice:
 def choose_teacher_mode(requested: str, augment, has_cache: bool, cache_has_flip: bool,
                         cache_views: int = 0) -> ModeChoice:
     """Decide cache vs online for distill.teacher_mode (auto | cache | online) and the augmentation."""
-    from .views import ViewSpec
+    from facepipe.pipeline.data.views import ViewSpec
 
     blockers = []
     views = int(getattr(augment, "views", 0) or 0)

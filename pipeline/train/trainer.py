@@ -177,7 +177,7 @@ class Trainer:
         if targets is not None and getattr(targets, "mode", "") == "cache" and len(targets) != len(source):
             raise ModelError(f"the teacher cache holds {len(targets)} embeddings but the training set has "
                              f"{len(source)} faces: re-run the teacher stage")
-        from .views import ViewSpec
+        from facepipe.pipeline.data.views import ViewSpec
 
         aug = cfg.augment
         spec = ViewSpec.of(aug)

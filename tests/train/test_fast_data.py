@@ -12,7 +12,7 @@ import torch
 from facepipe.pipeline.config import AugmentConfig
 from facepipe.pipeline.errors import ConfigError, DataError
 from facepipe.pipeline.eval.cache import TeacherCache, cache_key
-from facepipe.pipeline.train import views as V
+from facepipe.pipeline.data import views as V
 from facepipe.pipeline.train.data import BatchReader
 from facepipe.pipeline.train.decoded import decode_training_set, decoded_key
 from facepipe.pipeline.train.sampler import ShardPlan
