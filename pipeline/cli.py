@@ -80,6 +80,7 @@ def env_cmd(json_out: Optional[Path] = typer.Option(None, "--json", help="Also w
 
 def _add_command_modules() -> None:
     from .commands import bench as bench_cmds
+    from .commands import compare as compare_cmds
     from .commands import data as data_cmds
     from .commands import distill as distill_cmds
     from .commands import eval as eval_cmds
@@ -90,7 +91,7 @@ def _add_command_modules() -> None:
     from .commands import teacher as teacher_cmds
 
     for mod in (run_cmds, data_cmds, teacher_cmds, distill_cmds, quantize_cmds, export_cmds, eval_cmds, models_cmds,
-                bench_cmds):
+                bench_cmds, compare_cmds):
         mod.register(app)
 
 
