@@ -133,6 +133,9 @@ class DistillConfig(Section):
     # torch.compile the student's training step: auto compiles when the run is long enough to repay the
     # compilation (measured ~50 s on CPU for MobileFaceNet) and a C++ compiler is present (inductor needs one)
     compile: Literal["auto", "on", "off"] = "auto"
+    # DCGAN faces (gan-face-generate) added to data.train without labels, with cached teacher targets: terms
+    # that need labels skip them, label-free terms (feature_kd, iled, rpsd, qud, rkd, ...) train on them too
+    generated_faces: int = Field(default=0, ge=0, le=1_000_000)
 
     @field_validator("compile", mode="before")
     @classmethod

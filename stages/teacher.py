@@ -10,8 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from facepipe.pipeline.config import PipelineConfig
+from facepipe.pipeline.errors import ConfigError
 from facepipe.pipeline.runner import StageContext, StageResult, StageSpec, register_stage
 from facepipe.pipeline.progress import table_console
+
+
+EXTRA_DIR = "generated/extra"  # distill.generated_faces: the DCGAN faces added to data.train, without labels
+EXTRA_SEED = 20_261_207
 
 
 def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
@@ -35,9 +40,7 @@ def external_inputs(cfg: PipelineConfig) -> dict[str, Path]:
 def run(ctx: StageContext) -> StageResult:
     """Load the teacher, check its embedding size, score it, and cache its training-set embeddings."""
 
-    from facepipe.pipeline.eval.cache import open_or_build
     from facepipe.pipeline.eval.evaluate import embeddings_cache_dir, evaluate_model, results_table, roc_curves
-    from facepipe.pipeline.data.views import cache_flip, cached_views
     from facepipe.pipeline.io import atomic_write_json
     from facepipe.pipeline.teachers import check_teacher_dim, resolve_teacher
 
@@ -55,6 +58,10 @@ def run(ctx: StageContext) -> StageResult:
 
     metrics: dict = {"embedding_size": embedder.dim}
     if cfg.data_free():
+        if cfg.distill.generated_faces:
+            raise ConfigError("distill.generated_faces adds DCGAN faces to data.train, but no face data is "
+                              "configured (data-free mode trains on data.generated generated faces already): set "
+                              "FACEPIPE_DATA / data.root, or distill.generated_faces=0")
         outputs.update(_generated_faces(ctx, source, embedder))
         metrics.update(data_free=True, generated_faces=cfg.data.generated, generated_eval=cfg.data.generated_eval)
         return StageResult(outputs=outputs, metrics=metrics)
@@ -72,18 +79,19 @@ def run(ctx: StageContext) -> StageResult:
         for name, s in summaries.items():
             metrics[f"{name}_accuracy"] = s["accuracy"]
 
+    if cfg.distill.generated_faces and not cfg.teacher.cache:
+        raise ConfigError("distill.generated_faces needs teacher.cache=true: the generated faces are trained on "
+                          "through the teacher's cached embeddings of them")
     if cfg.teacher.cache:
         from facepipe.pipeline.data.imagefolder import open_face_source
 
         faces = open_face_source(cfg.train_path(), on_error=cfg.data.on_error)
-        # Built once in the shared, content-keyed cache (other runs with the same teacher and data reuse it),
-        # then copied into this stage's folder so the run's outputs stand on their own.
-        shared, reused = open_or_build(source, faces, embeddings_cache_dir(), flip=cache_flip(cfg),
-                                       batch_size=cfg.data.batch_size, embedder=embedder,
-                                       views=cached_views(cfg.distill.augment))
-        cache = shared.copy_to(ctx.output_path("cache"))
+        cache, reused = _cache(ctx, source, embedder, faces, "cache")
         outputs["cache"] = cache.path
         outputs["cache_meta"] = cache.path.with_suffix(".json")
+        if cfg.distill.generated_faces:
+            outputs.update(_extra_faces(ctx, source, embedder))
+            metrics["generated_faces"] = cfg.distill.generated_faces
         skipped = cache.skipped_summary(faces)
         metrics.update(train_images=cache.n, cache_reused=reused, skipped_images=skipped["count"],
                        cached_views=cache.view_count)
@@ -96,19 +104,44 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(outputs=outputs, metrics=metrics)
 
 
+def _cache(ctx: StageContext, source, embedder, faces, folder: str):
+    """The teacher's embeddings of `faces` (with the mirrors and cached views distill.augment asks for): built
+    once in the shared, content-keyed cache (runs with the same teacher and faces reuse it), then copied into
+    this stage's `folder` so the run's outputs stand on their own. Returns (cache, reused)."""
+    from facepipe.pipeline.data.views import cache_flip, cached_views
+    from facepipe.pipeline.eval.cache import open_or_build
+    from facepipe.pipeline.eval.evaluate import embeddings_cache_dir
+
+    cfg = ctx.config
+    shared, reused = open_or_build(source, faces, embeddings_cache_dir(), flip=cache_flip(cfg),
+                                   batch_size=cfg.data.batch_size, embedder=embedder,
+                                   views=cached_views(cfg.distill.augment))
+    return shared.copy_to(ctx.output_path(folder)), reused
+
+
+def _extra_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
+    """distill.generated_faces: DCGAN faces for the label-free loss terms, written as an image folder, and
+    the teacher's cached embeddings of them. Drawn with a fixed seed (not run.seed), so runs that differ only
+    in their seed train on the same extra faces and share one cache."""
+    from facepipe.pipeline.data.imagefolder import open_face_source
+    from facepipe.pipeline.data.synthetic import datafree
+
+    folder = ctx.output_path(EXTRA_DIR)
+    datafree.write_generated_set(folder, ctx.config.distill.generated_faces, seed=EXTRA_SEED)
+    cache, _ = _cache(ctx, source, embedder, open_face_source(folder, on_error="fail"), "extra_cache")
+    return {"extra_faces": folder, "extra_cache": cache.path, "extra_cache_meta": cache.path.with_suffix(".json")}
+
+
 def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
     """Data-free mode: DCGAN training faces (+ the teacher's cached embeddings of them) and held-out faces with
     the teacher's embeddings, for distillation scored by agreement (pipeline/data/synthetic/datafree.py)."""
     import numpy as np
 
     from facepipe.pipeline.data.synthetic import datafree
-    from facepipe.pipeline.eval.cache import open_or_build
     from facepipe.pipeline.data.imagefolder import open_face_source
-    from facepipe.pipeline.eval.evaluate import embeddings_cache_dir
     from facepipe.pipeline.io import atomic_path
     from facepipe.pipeline.progress import console
     from facepipe.pipeline.data.synthetic.dcgan import dcgan_faces
-    from facepipe.pipeline.data.views import cache_flip, cached_views
 
     cfg = ctx.config
     console.print(f"[yellow]{datafree.NOTE}[/]")
@@ -123,11 +156,7 @@ def _generated_faces(ctx: StageContext, source, embedder) -> dict[str, Path]:
             np.save(tmp, arr)
         outputs[role] = ctx.output_path(rel)
     if cfg.teacher.cache:
-        faces = open_face_source(train_dir, on_error="fail")
-        shared, _ = open_or_build(source, faces, embeddings_cache_dir(), flip=cache_flip(cfg),
-                                  batch_size=cfg.data.batch_size, embedder=embedder,
-                                  views=cached_views(cfg.distill.augment))
-        cache = shared.copy_to(ctx.output_path("cache"))
+        cache, _ = _cache(ctx, source, embedder, open_face_source(train_dir, on_error="fail"), "cache")
         outputs["cache"], outputs["cache_meta"] = cache.path, cache.path.with_suffix(".json")
     return outputs
 
@@ -141,6 +170,7 @@ def derived(cfg: PipelineConfig) -> dict:
 
 
 SPEC = register_stage(StageSpec(
-    name="teacher", run=run, sections=("teacher", "distill.augment", "data.train", "data.on_error", "data.root", "data.generated",
-                                       "data.generated_eval", "run.seed"),
+    name="teacher", run=run, sections=("teacher", "distill.augment", "distill.generated_faces", "data.train",
+                                       "data.on_error", "data.root", "data.generated", "data.generated_eval",
+                                       "run.seed"),
     external_inputs=external_inputs, derived=derived))

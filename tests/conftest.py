@@ -117,6 +117,12 @@ def sface_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dcgan_asset() -> Path:
+    """The DCGAN face generator (gan-face-generate from PyPI, cached); skips the test when it cannot be had."""
+    return _asset_or_skip("dcgan_faces")
+
+
+@pytest.fixture(scope="session")
 def yunet() -> Path:
     """The YuNet face detector ONNX (same wheel); skips the test when it cannot be had."""
     return _asset_or_skip("yunet")

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from facepipe.pipeline.errors import ConfigError
 
 from .base import LossInputs, LossTerm
+from .distributed import is_distributed
 from .registry import build_loss
 
 
@@ -29,6 +31,9 @@ class WeightedLoss(nn.Module):
             self.weights[name] = float(weight)
         if not self.terms:
             raise ConfigError("no loss terms configured")
+        # Some rows may carry no identity (label UNLABELLED = -1, distill.generated_faces): terms that need
+        # labels then see only the labelled rows, the others every row. Set for the whole run, on every rank.
+        self.partial_labels = False
 
     @property
     def needs_labels(self) -> bool:
@@ -52,14 +57,39 @@ class WeightedLoss(nn.Module):
         return {f"{n}.{k}": v for n, t in self.terms.items() for k, v in t.extra_state().items()}
 
     def forward(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labelled = labelled_rows(inputs) if self.partial_labels and self.needs_labels else inputs
         total = None
         logs: dict[str, torch.Tensor] = {}
         for name, term in self.terms.items():
-            value = term(inputs)
+            if not term.needs_labels or labelled is inputs:
+                value = term(inputs)
+            elif labelled is not None:
+                value = term(labelled)
+            else:  # no labelled row in this step (on some rank): the term sits it out, its parameters get zeros
+                value = inputs.student_emb.sum() * 0.0 + sum((p.sum() * 0.0 for p in term.parameters()), 0.0)
             logs[name] = value.detach()
             part = self.weights[name] * value
             total = part if total is None else total + part
         return total, logs
+
+
+def labelled_rows(inputs: LossInputs) -> LossInputs | None:
+    """`inputs` restricted to the rows with a label (>= 0); None when some rank has none this step (decided
+    jointly, so every rank skips the label terms together and their collectives stay matched)."""
+    keep = inputs.labels >= 0
+    count = keep.sum()
+    if is_distributed():
+        count = count.clone()
+        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+    if int(count) == 0:
+        return None
+
+    def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[keep]
+
+    return LossInputs(student_emb=inputs.student_emb[keep], teacher_emb=rows(inputs.teacher_emb),
+                      labels=inputs.labels[keep], epoch_float=inputs.epoch_float,
+                      student_logits=rows(inputs.student_logits), teacher_logits=rows(inputs.teacher_logits))
 
 
 def _field(spec: Any, key: str, default: Any) -> Any:

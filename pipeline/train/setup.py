@@ -30,13 +30,13 @@ def _teacher_fingerprint(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
     return resolve_teacher(cfg.teacher, cfg.base_dir).fingerprint()
 
 
-def open_teacher_cache(inputs: dict[str, str]):
-    """The teacher stage's cache: inputs teacher.cache (embeddings .npy) and teacher.cache_meta (its sidecar,
+def open_teacher_cache(inputs: dict[str, str], role: str = "cache"):
+    """The teacher stage's cache: inputs teacher.<role> (embeddings .npy) and teacher.<role>_meta (its sidecar,
     which names the key); None when the stage made no cache. A vanished, stale or mismatched one is a ModelError."""
     from facepipe.pipeline.eval.cache import TeacherCache
     from facepipe.pipeline.errors import ModelError
 
-    emb_path, meta_path = inputs.get("teacher.cache"), inputs.get("teacher.cache_meta")
+    emb_path, meta_path = inputs.get(f"teacher.{role}"), inputs.get(f"teacher.{role}_meta")
     if not emb_path or not meta_path:
         return None
     meta_path = Path(meta_path)
@@ -49,6 +49,40 @@ def open_teacher_cache(inputs: dict[str, str]):
         raise ModelError(f"teacher cache {emb_path} (sidecar {meta_path}) is incomplete, stale or mismatched: "
                          "re-run the teacher stage (facepipe run --force teacher)")
     return cache
+
+
+def add_generated_faces(source, labels, folder: str, inputs: dict[str, str], arrays: tuple):
+    """The training set with the teacher stage's generated faces appended without labels (WithUnlabelled),
+    their labels (-1), and the cached teacher arrays (embeddings, mirrors, views, mirrored views) extended with
+    the generated faces' cache. An array the real cache has and the generated one lacks is a ModelError."""
+    import numpy as np
+
+    from facepipe.pipeline.data.imagefolder import WithUnlabelled, open_face_source
+    from facepipe.pipeline.errors import ModelError
+
+    generated = open_face_source(Path(folder), on_error="fail")
+    mixed = WithUnlabelled(source, generated)
+    cache = open_teacher_cache(inputs, "extra_cache")
+    if cache is None:
+        if arrays[0] is not None:
+            raise ModelError(f"the teacher stage wrote generated faces ({folder}) but no cache of them: re-run the "
+                             "teacher stage (facepipe run --force teacher)")
+        return mixed, mixed.labels, arrays
+    if cache.n != len(generated):
+        raise ModelError(f"teacher cache {cache.path} holds {cache.n} embeddings but {folder} has {len(generated)} "
+                         "faces: re-run the teacher stage")
+    theirs = (cache.embeddings, cache.flipped, cache.views, cache.views_flipped)
+    out = []
+    for name, ours, more, axis in zip(("embeddings", "mirrors", "views", "mirrored views"), arrays, theirs,
+                                      (0, 0, 1, 1)):
+        if ours is None:
+            out.append(None)
+        elif more is None:
+            raise ModelError(f"teacher cache {cache.path} of the generated faces has no {name} but the training "
+                             "set's cache has: re-run the teacher stage (facepipe run --force teacher)")
+        else:
+            out.append(np.concatenate([np.asarray(ours), np.asarray(more)], axis=axis))
+    return mixed, mixed.labels, tuple(out)
 
 
 def build_trainer(job: dict, env, device):
@@ -98,6 +132,14 @@ def build_trainer(job: dict, env, device):
         teacher_flip = np.asarray(teacher_flip)[keep] if teacher_flip is not None else None
         views = np.asarray(views)[:, keep] if views is not None else None
         views_flip = np.asarray(views_flip)[:, keep] if views_flip is not None else None
+    extra = inputs.get("teacher.extra_faces")
+    centers_of = (teacher_emb, labels)  # class centres come from the labelled faces only
+    if extra:
+        source, labels, arrays = add_generated_faces(source, labels, extra, inputs,
+                                                     (teacher_emb, teacher_flip, views, views_flip))
+        teacher_emb, teacher_flip, views, views_flip = arrays
+        say(f"distill: + {len(source) - source.split} generated faces without labels (distill.generated_faces) "
+            "for the label-free loss terms")
     choice = choose_teacher_mode(d.teacher_mode, d.augment, cache is not None,
                                  cache is not None and cache.flipped is not None,
                                  cache.view_count if cache is not None else 0)
@@ -125,12 +167,18 @@ def build_trainer(job: dict, env, device):
         say(f"distill: student starts from {init_info['path']} ({init_info['format']}, {init_info['tensors']} tensors)")
     loss = build_weighted_loss(d.losses, num_classes=source.num_classes, embedding_size=d.student.embedding_size,
                                teacher_embedding_size=targets.dim)
+    if extra:
+        if all(t.needs_labels for t in loss.terms.values()):
+            raise ConfigError(f"distill.generated_faces={d.generated_faces}: every loss term "
+                              f"({', '.join(loss.terms)}) needs labels, so the generated faces would train "
+                              "nothing; add a label-free term (e.g. feature_kd) or set distill.generated_faces=0")
+        loss.partial_labels = True
     if loss.needs_centers:
         if cache is None:
             need = [n for n, t in loss.terms.items() if t.needs_centers]
             raise ConfigError(f"loss {need[0]!r} needs teacher class centres, computed from the teacher cache: "
                               "set teacher.cache=true")
-        loss.set_centers(teacher_class_centers(teacher_emb, labels, source.num_classes))
+        loss.set_centers(teacher_class_centers(*centers_of, source.num_classes))
 
     specs = eval_specs(cfg)
     evaluator = None

@@ -190,3 +190,27 @@ def test_faces_the_teacher_skipped_are_left_out_of_distillation_and_named(tmp_pa
     assert "leaving out 2 face(s) the teacher stage could not read" in " ".join(output.split())
     train = json.loads((tmp_path / "runs/t/distill/metrics.json").read_text())["train"]
     assert train["skipped_images"] == 2 and [Path(f).name for f in train["skipped_first"]] == [p.name for p in bad]
+
+
+def test_generated_faces_join_the_label_free_terms(tmp_path, dcgan_asset):
+    """distill.generated_faces: the teacher stage writes DCGAN faces and caches the teacher on them; the
+    distill stage trains on real + generated faces (a decoded set of both), refusing a loss set without a
+    label-free term."""
+    from facepipe.pipeline.errors import ConfigError
+
+    fetched = dcgan_asset.parents[2]  # <cache>/assets/<wheel>/<version>/<file> (an installed wheel needs no link)
+    if fetched.name == "assets":  # the isolated cache still reaches the fetched DCGAN asset
+        (tmp_path / "fpcache").mkdir()
+        (tmp_path / "fpcache" / "assets").symlink_to(fetched)
+    cfg = write_project(tmp_path, generated_faces=8, losses=[{"name": "ada_arc_distill"},
+                                                              {"name": "feature_kd", "weight": 5.0}])
+    invoke("-c", cfg, "--set", "data.benchmarks=[]")
+    teacher = read_manifest(tmp_path / "runs/t/teacher")
+    assert {"extra_faces", "extra_cache", "extra_cache_meta"} <= set(teacher["outputs"])
+    assert len(list((tmp_path / "runs/t/teacher/generated/extra").iterdir())) == 8
+    distill = read_manifest(tmp_path / "runs/t/distill")
+    assert distill["status"] == "complete" and "teacher.extra_cache" in distill["inputs"]
+    decoded = [np.load(p, mmap_mode="r") for p in (tmp_path / "fpcache" / "embeddings").glob("decoded-*.npy")]
+    assert [d.shape[0] for d in decoded] == [24 + 8]  # the 24 real faces and the 8 generated ones
+    with pytest.raises(ConfigError, match="would train nothing"):
+        invoke("-c", cfg, "--set", "data.benchmarks=[]", "--loss", "ada_arc_distill")
