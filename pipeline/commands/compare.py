@@ -1,4 +1,4 @@
-"""`facepipe compare`: the distill recipe of the config under several loss sets and seeds (pipeline/train/compare.py)."""
+"""`facepipe compare`: the config's distill recipe under several loss sets and seeds (pipeline/train/compare.py)."""
 
 from __future__ import annotations
 
