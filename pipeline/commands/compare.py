@@ -57,7 +57,8 @@ def compare_command(
             if result is not None:
                 res.runs[seed] = result
         results.append(res)
-    rows = C.summary(results)
+    metrics = C.accuracy_metrics(results)
+    rows = C.summary(results, metrics)
     d = base.distill
     recipe = (f"{d.steps or d.epochs} {'steps' if d.steps else 'epochs'}, batch {d.batch_size}, lr {d.lr} "
               f"{d.schedule}, augment {d.augment.model_dump(mode='json')}, student {d.student.arch}, "
@@ -66,11 +67,13 @@ def compare_command(
     caption = (f"{seeds} seed(s) per method; {recipe}; CPU {cpu.get('model', '?')} ({cpu['isa']['summary']}, "
                f"{cpu.get('usable')} cores)")
     summary_dir = base.run.dir if base.run.dir.is_absolute() else base.base_dir / base.run.dir
-    atomic_write_json(summary_dir / f"{prefix}.json", {"recipe": recipe, "cpu": cpu, "rows": rows})
-    atomic_write_text(summary_dir / f"{prefix}.md", C.markdown(rows, caption))
-    plot_methods(rows, (("lfw_accuracy", "LFW"), ("cfp_fp_accuracy", "CFP-FP")), summary_dir / f"{prefix}.png",
-                 title=caption if len(caption) < 120 else f"{seeds} seed(s) per method; {recipe[:90]}")
-    out.print(C.rich_table(rows, caption))
+    atomic_write_json(summary_dir / f"{prefix}.json",
+                      {"recipe": recipe, "cpu": cpu, "metrics": metrics, "rows": rows})
+    atomic_write_text(summary_dir / f"{prefix}.md", C.markdown(rows, metrics, caption))
+    if metrics:
+        plot_methods(rows, [(m, C.metric_label(m)) for m in metrics], summary_dir / f"{prefix}.png",
+                     title=caption if len(caption) < 120 else f"{seeds} seed(s) per method; {recipe[:90]}")
+    out.print(C.rich_table(rows, metrics, caption))
     say(f"compare: {summary_dir / prefix}.json / .md / .png")
 
 

@@ -52,7 +52,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            overrides=("distill.generated_faces=1024",),
            note="+ 1024 DCGAN faces for the label-free term"),
 )}
-METRICS = ("lfw_accuracy", "cfp_fp_accuracy")
 
 
 def pick_methods(names: Iterable[str] | None) -> list[Method]:
@@ -100,12 +99,21 @@ def read_result(run_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def summary(results: list[MethodResult]) -> list[dict]:
+def accuracy_metrics(results: list[MethodResult]) -> list[str]:
+    """The `<benchmark>_accuracy` keys the finished runs report, in their order (lfw_accuracy, ...)."""
+    keys: list[str] = []
+    for res in results:
+        for run in res.runs.values():
+            keys += [k for k in run.get("metrics", {}) if k.endswith("_accuracy") and k not in keys]
+    return keys
+
+
+def summary(results: list[MethodResult], metrics: list[str]) -> list[dict]:
     """One row per method: n seeds, and mean / std / per-seed values of each metric, train seconds, img/s."""
     rows = []
     for res in results:
         row: dict = {"method": res.method.name, "losses": res.method.describe(), "seeds": sorted(res.runs)}
-        for metric in METRICS:
+        for metric in metrics:
             vals = res.values(metric)
             if vals:
                 mean, std = mean_std(vals)
@@ -124,23 +132,29 @@ def _cell(row: dict, metric: str) -> str:
     return f"{m['mean']:.2f} ± {m['std']:.2f}" if m else "—"
 
 
-def markdown(rows: list[dict], caption: str) -> str:
+def metric_label(metric: str) -> str:
+    """lfw_accuracy -> LFW, cfp_fp_accuracy -> CFP-FP (the benchmark's usual name)."""
+    return metric.removesuffix("_accuracy").upper().replace("_", "-")
+
+
+def markdown(rows: list[dict], metrics: list[str], caption: str) -> str:
     """The summary as a Markdown table (for the README)."""
-    lines = [caption, "", "| method | losses | seeds | LFW | CFP-FP | train s / run |", "|---|---|---|---|---|---|"]
+    head = ["method", "losses", "seeds", *map(metric_label, metrics), "train s / run"]
+    lines = [caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['losses']} | {len(r['seeds'])} | {_cell(r, 'lfw_accuracy')} | "
-                     f"{_cell(r, 'cfp_fp_accuracy')} | {r.get('train_seconds', 0):.0f} |")
+        cells = [r["method"], r["losses"], str(len(r["seeds"])), *(_cell(r, m) for m in metrics),
+                 f"{r.get('train_seconds', 0):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def rich_table(rows: list[dict], caption: str):
+def rich_table(rows: list[dict], metrics: list[str], caption: str):
     from rich.table import Table
 
     t = Table(title="facepipe compare", caption=caption)
-    for col in ("method", "losses", "seeds", "LFW", "CFP-FP", "train s", "img/s"):
+    for col in ("method", "losses", "seeds", *map(metric_label, metrics), "train s", "img/s"):
         t.add_column(col, justify="left" if col in ("method", "losses") else "right")
     for r in rows:
-        t.add_row(r["method"], r["losses"], ",".join(map(str, r["seeds"])), _cell(r, "lfw_accuracy"),
-                  _cell(r, "cfp_fp_accuracy"), f"{r.get('train_seconds', 0):.0f}",
-                  f"{r.get('median_img_per_s', 0):.1f}")
+        t.add_row(r["method"], r["losses"], ",".join(map(str, r["seeds"])), *(_cell(r, m) for m in metrics),
+                  f"{r.get('train_seconds', 0):.0f}", f"{r.get('median_img_per_s', 0):.1f}")
     return t

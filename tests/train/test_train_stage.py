@@ -9,7 +9,6 @@ import json
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,13 +18,12 @@ from typer.testing import CliRunner
 
 from facepipe.pipeline.commands import distill as distill_cmd
 from facepipe.pipeline.config import TeacherConfig
-from facepipe.pipeline.data.binfile import write_bin
 from facepipe.pipeline.errors import DataError
 from facepipe.pipeline.manifest import read_manifest
 from facepipe.pipeline.teachers import resolve_teacher
 from facepipe.pipeline.train.checkpoint import STUDENT_KIND, load_checkpoint
 
-from train_synth import SynthFaces, TinyNet
+from train_synth import SynthFaces, write_project
 
 torch.set_num_threads(1)
 USER_CACHE = os.environ.get("FACEPIPE_CACHE") or str(Path.home() / ".cache" / "facepipe")
@@ -45,31 +43,6 @@ def cli():
         pass
 
     return app
-
-
-def write_project(root: Path, ids: int = 4, per_id: int = 6, labels_tsv: dict | None = None, **distill) -> Path:
-    faces = SynthFaces(ids * per_id, ids)
-    data = root / "data"
-    for i in range(len(faces)):
-        p = data / "train" / f"id{i % ids}" / f"{i:03d}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(p), cv2.cvtColor(faces.image(i), cv2.COLOR_RGB2BGR))
-    bench = SynthFaces(80, 8, seed=7)
-    jpeg = lambda img: cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()  # noqa: E731
-    write_bin(data / "tiny.bin", [jpeg(bench.image(i)) for i in range(80)], [k % 2 == 0 for k in range(40)])
-    torch.manual_seed(0)
-    torch.jit.save(torch.jit.trace(TinyNet(16).eval(), torch.zeros(1, 3, 112, 112)), str(root / "teacher.pt"),
-                   _extra_files={"facepipe.json": '{"preprocess": {"size": 112}}'})
-    cfg = {"run": {"name": "t", "dir": "runs", "seed": 0},
-           "data": {"root": "data", "train": "train", "benchmarks": ["tiny.bin"], "batch_size": 16},
-           "teacher": {"source": "teacher.pt", "kind": "torchscript", "embedding_size": 16, "flip": True,
-                       "check": []},
-           "distill": {"student": {"arch": "mobilefacenet", "embedding_size": 16}, "batch_size": 4, "steps": 3,
-                       "losses": [{"name": "ada_arc_distill"}, {"name": "arc_distill", "weight": 0.5}],
-                       "eval_every": 0, "best_metric": "tiny_accuracy", "save_every": 2, "num_workers": 0,
-                       "log_every": 1, "tensorboard": False, **distill}}
-    (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-    return root / "pipeline.yaml"
 
 
 def invoke(*args):
