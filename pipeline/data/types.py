@@ -30,9 +30,6 @@ class VerificationSet:
         assert self.pairs.shape == (len(self.issame), 2)
 
 
-UNLABELLED = -1  # the label of a training face without identity (generated faces for label-free loss terms)
-
-
 @dataclass
 class LabelledFaces:
     """A labelled training set: paths (or record ids) and integer class labels 0..num_classes-1."""

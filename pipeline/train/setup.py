@@ -57,7 +57,8 @@ def add_generated_faces(source, labels, folder: str, inputs: dict[str, str], arr
     the generated faces' cache. An array the real cache has and the generated one lacks is a ModelError."""
     import numpy as np
 
-    from facepipe.pipeline.data.imagefolder import WithUnlabelled, open_face_source
+    from facepipe.pipeline.data.imagefolder import open_face_source
+    from facepipe.pipeline.data.unlabelled import WithUnlabelled
     from facepipe.pipeline.errors import ModelError
 
     generated = open_face_source(Path(folder), on_error="fail")

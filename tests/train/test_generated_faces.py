@@ -8,8 +8,7 @@ import torch
 
 from facepipe.models.losses import build_weighted_loss
 from facepipe.models.losses.base import LossInputs
-from facepipe.pipeline.data.imagefolder import WithUnlabelled
-from facepipe.pipeline.data.types import UNLABELLED
+from facepipe.pipeline.data.unlabelled import UNLABELLED, WithUnlabelled
 
 from train_synth import SynthFaces
 
