@@ -72,7 +72,8 @@ def compare_command(
     atomic_write_text(summary_dir / f"{prefix}.md", C.markdown(rows, metrics, caption))
     if metrics:
         plot_methods(rows, [(m, C.metric_label(m)) for m in metrics], summary_dir / f"{prefix}.png",
-                     title=caption if len(caption) < 120 else f"{seeds} seed(s) per method; {recipe[:90]}")
+                     title=f"{seeds} seed(s) per method, {d.steps or d.epochs} {'steps' if d.steps else 'epochs'} "
+                           f"each: mean ± std (bar) and every seed (dots); {base.teacher.source} -> {d.student.arch}")
     out.print(C.rich_table(rows, metrics, caption))
     say(f"compare: {summary_dir / prefix}.json / .md / .png")
 

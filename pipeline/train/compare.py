@@ -109,7 +109,8 @@ def accuracy_metrics(results: list[MethodResult]) -> list[str]:
 
 
 def summary(results: list[MethodResult], metrics: list[str]) -> list[dict]:
-    """One row per method: n seeds, and mean / std / per-seed values of each metric, train seconds, img/s."""
+    """One row per method: n seeds, and mean / std / per-seed values of each metric; the distill stage's
+    seconds (training, compiling and the final evaluation) and median img/s, averaged over the seeds."""
     rows = []
     for res in results:
         row: dict = {"method": res.method.name, "losses": res.method.describe(), "seeds": sorted(res.runs)}
@@ -139,7 +140,7 @@ def metric_label(metric: str) -> str:
 
 def markdown(rows: list[dict], metrics: list[str], caption: str) -> str:
     """The summary as a Markdown table (for the README)."""
-    head = ["method", "losses", "seeds", *map(metric_label, metrics), "train s / run"]
+    head = ["method", "losses", "seeds", *map(metric_label, metrics), "distill s / run"]
     lines = [caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], r["losses"], str(len(r["seeds"])), *(_cell(r, m) for m in metrics),
@@ -152,7 +153,7 @@ def rich_table(rows: list[dict], metrics: list[str], caption: str):
     from rich.table import Table
 
     t = Table(title="facepipe compare", caption=caption)
-    for col in ("method", "losses", "seeds", *map(metric_label, metrics), "train s", "img/s"):
+    for col in ("method", "losses", "seeds", *map(metric_label, metrics), "distill s", "img/s"):
         t.add_column(col, justify="left" if col in ("method", "losses") else "right")
     for r in rows:
         t.add_row(r["method"], r["losses"], ",".join(map(str, r["seeds"])), *(_cell(r, m) for m in metrics),
