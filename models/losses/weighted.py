@@ -79,7 +79,6 @@ def labelled_rows(inputs: LossInputs) -> LossInputs | None:
     keep = inputs.labels >= 0
     count = keep.sum()
     if is_distributed():
-        count = count.clone()
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
     if int(count) == 0:
         return None

@@ -51,7 +51,7 @@ def open_teacher_cache(inputs: dict[str, str], role: str = "cache"):
     return cache
 
 
-def add_generated_faces(source, labels, folder: str, inputs: dict[str, str], arrays: tuple):
+def add_generated_faces(source, folder: str, inputs: dict[str, str], arrays: tuple):
     """The training set with the teacher stage's generated faces appended without labels (WithUnlabelled),
     their labels (-1), and the cached teacher arrays (embeddings, mirrors, views, mirrored views) extended with
     the generated faces' cache. An array the real cache has and the generated one lacks is a ModelError."""
@@ -136,7 +136,7 @@ def build_trainer(job: dict, env, device):
     extra = inputs.get("teacher.extra_faces")
     centers_of = (teacher_emb, labels)  # class centres come from the labelled faces only
     if extra:
-        source, labels, arrays = add_generated_faces(source, labels, extra, inputs,
+        source, labels, arrays = add_generated_faces(source, extra, inputs,
                                                      (teacher_emb, teacher_flip, views, views_flip))
         teacher_emb, teacher_flip, views, views_flip = arrays
         say(f"distill: + {len(source) - source.split} generated faces without labels (distill.generated_faces) "
