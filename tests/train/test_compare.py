@@ -41,6 +41,9 @@ def test_compare_trains_each_method_and_seed_and_summarises(tmp_path, capsys):
     runs = tmp_path / "runs"
     names = [f"compare-{m}-s{s}" for m in ("arcface", "feature_kd") for s in (0, 1)]
     finished = {n: read_manifest(runs / n / "distill")["finished"] for n in names}
+    finals = [json.loads((runs / n / "distill" / "metrics.json").read_text())["train"]["final_losses"]["loss"]
+              for n in names]
+    assert len(set(finals)) == len(finals)  # the summary's input: four distinct runs (methods and seeds reach them)
     summary = json.loads((runs / "compare.json").read_text())
     assert summary["metrics"] == ["tiny_accuracy"]
     for row in summary["rows"]:
